@@ -1,0 +1,41 @@
+"""Exceptions raised for bad input.
+
+Every error a user can cause derives from :class:`TdimitationError`, so the command line
+can print its one-line message without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class TdimitationError(Exception):
+    """Base class of errors caused by bad input; the message names the problem and the fix."""
+
+
+class TrajectoryError(TdimitationError, ValueError):
+    """A trajectory set is malformed: empty, NaN/inf, wrong keys, or inconsistent episodes."""
+
+
+class TrajectoryFileError(TdimitationError, OSError):
+    """A trajectory file or dataset directory is missing, corrupted or of an unknown format."""
+
+
+class SpaceMismatchError(TdimitationError, ValueError):
+    """Data or a policy does not match an environment's observation or action space."""
+
+
+class EnvCreationError(TdimitationError, ValueError):
+    """An environment cannot be created (unknown id, missing extra, bad option)."""
+
+
+class PolicyError(TdimitationError, ValueError):
+    """A policy specification cannot be resolved or loaded."""
+
+
+__all__ = [
+    "TdimitationError",
+    "TrajectoryError",
+    "TrajectoryFileError",
+    "SpaceMismatchError",
+    "EnvCreationError",
+    "PolicyError",
+]

@@ -1,0 +1,26 @@
+"""Policies: TensorDict modules reading ``observation`` and writing ``action``."""
+
+from tdimitation.policies.actors import CategoricalActor, GaussianActor, build_actor
+from tdimitation.policies.base import CallablePolicy, RandomPolicy, ZeroPolicy, as_policy
+from tdimitation.policies.registry import (
+    POLICY_LOADERS,
+    load_policy,
+    policy_from_string,
+    register_policy_loader,
+    save_policy,
+)
+
+__all__ = [
+    "CategoricalActor",
+    "GaussianActor",
+    "build_actor",
+    "CallablePolicy",
+    "RandomPolicy",
+    "ZeroPolicy",
+    "as_policy",
+    "POLICY_LOADERS",
+    "load_policy",
+    "policy_from_string",
+    "register_policy_loader",
+    "save_policy",
+]
