@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from tensordict import TensorDictBase
+from torchrl.data import Composite
 
 from tdimitation.errors import SpaceMismatchError, TrajectoryError
 
@@ -283,29 +284,34 @@ def check_matches_env(trajectories: TensorDictBase, env, name: str = "trajectori
     """
     env_name = getattr(env, "env_id", None) or type(env).__name__
     batch_dims = len(env.batch_size)
-    # Our envs name observation leaves "observation" or ("observation", sub-key), so spec
-    # keys are trajectory keys as they stand.
-    for composite in (env.observation_spec, env.full_action_spec):
-        for full_key, spec in composite.items(include_nested=True, leaves_only=True):
-            if full_key not in trajectories.keys(include_nested=True):
-                raise SpaceMismatchError(
-                    f"{name} has no {full_key!r}, which the environment {env_name} produces"
-                )
-            value = trajectories.get(full_key)
-            expected = _leaf_spec_shape(spec, batch_dims)
-            found = tuple(value.shape[1:])
-            if found != expected:
-                raise SpaceMismatchError(
-                    f"{name}: {full_key!r} has shape {found} per step but the environment "
-                    f"{env_name} expects {expected}; the data was recorded on a different "
-                    "environment (pass the matching env id)"
-                )
-            if value.dtype != spec.dtype:
-                raise SpaceMismatchError(
-                    f"{name}: {full_key!r} has dtype {value.dtype} but the environment "
-                    f"{env_name} uses {spec.dtype}; convert the data (for example "
-                    f"td.set({full_key!r}, td.get({full_key!r}).to({spec.dtype})))"
-                )
+    obs_spec = env.observation_spec[OBS]
+    if isinstance(obs_spec, Composite):  # dict observations
+        obs_leaves = [
+            ((OBS,) + (k if isinstance(k, tuple) else (k,)), leaf)
+            for k, leaf in obs_spec.items(include_nested=True, leaves_only=True)
+        ]
+    else:
+        obs_leaves = [(OBS, obs_spec)]
+    for full_key, spec in obs_leaves + [(ACTION, env.full_action_spec[ACTION])]:
+        if full_key not in trajectories.keys(include_nested=True):
+            raise SpaceMismatchError(
+                f"{name} has no {full_key!r}, which the environment {env_name} produces"
+            )
+        value = trajectories.get(full_key)
+        expected = _leaf_spec_shape(spec, batch_dims)
+        found = tuple(value.shape[1:])
+        if found != expected:
+            raise SpaceMismatchError(
+                f"{name}: {full_key!r} has shape {found} per step but the environment "
+                f"{env_name} expects {expected}; the data was recorded on a different "
+                "environment (pass the matching env id)"
+            )
+        if value.dtype != spec.dtype:
+            raise SpaceMismatchError(
+                f"{name}: {full_key!r} has dtype {value.dtype} but the environment "
+                f"{env_name} uses {spec.dtype}; convert the data (for example "
+                f"td.set({full_key!r}, td.get({full_key!r}).to({spec.dtype})))"
+            )
 
 
 __all__ = [

@@ -15,6 +15,8 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import nn
 from torch.distributions import Categorical, Independent, Normal
+from torchrl.data import Bounded, MultiCategorical
+from torchrl.data import Categorical as CategoricalSpec
 from torchrl.envs.utils import ExplorationType, exploration_type
 
 from tdimitation.nn import build_mlp, mlp_forward
@@ -182,13 +184,10 @@ def build_actor(env, hidden_sizes: Sequence[int] = (32, 32), activation: str = "
     Discrete action spaces get a :class:`CategoricalActor`, Box action spaces a
     :class:`GaussianActor` clipped to the bounds.
     """
-    from torchrl.data import Bounded
-    from torchrl.data import Categorical as CategoricalSpec
-
     obs_spec = env.observation_spec_unbatched["observation"]
     obs_dim = int(math.prod(obs_spec.shape)) if len(obs_spec.shape) else 1
     act_spec = env.full_action_spec_unbatched["action"]
-    if isinstance(act_spec, CategoricalSpec):
+    if isinstance(act_spec, CategoricalSpec) and not isinstance(act_spec, MultiCategorical):
         return CategoricalActor(obs_dim, act_spec.space.n, hidden_sizes, activation)
     if isinstance(act_spec, Bounded) or act_spec.dtype.is_floating_point:
         low = high = None

@@ -99,11 +99,12 @@ class RandomPolicy(TensorDictModuleBase):
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         batch = tensordict.batch_size
         spec, gen = self.spec, self.generator
-        if isinstance(spec, Categorical):
-            action = torch.randint(spec.space.n, batch + spec.shape, generator=gen)
-        elif isinstance(spec, MultiCategorical):
+        # MultiCategorical subclasses Categorical in torchrl: test it first.
+        if isinstance(spec, MultiCategorical):
             nvec = spec.nvec.expand(batch + spec.shape)
             action = (torch.rand(nvec.shape, generator=gen) * nvec).long()
+        elif isinstance(spec, Categorical):
+            action = torch.randint(spec.space.n, batch + spec.shape, generator=gen)
         elif isinstance(spec, Bounded):
             low, high = spec.space.low, spec.space.high
             u = torch.rand(batch + spec.shape, generator=gen)
