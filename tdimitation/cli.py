@@ -1,0 +1,196 @@
+"""The ``tdimitation`` command line.
+
+Subcommands:
+
+* ``rollout``: run a scripted, random, zero or saved policy and save complete episodes as
+  a trajectory dataset, then print their statistics;
+* ``convert``: convert ``imitation``'s trajectory files (HF dataset, legacy ``.npz`` or
+  ``.pkl``) to a tdimitation dataset;
+* ``stats``: statistics of a trajectory dataset or file.
+
+Training commands (``fit --config RECIPE``) register themselves in :data:`COMMANDS` as the
+algorithms arrive. Bad input exits with status 2 and a one-line message, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from tdimitation.errors import TdimitationError
+
+AddArguments = Callable[[argparse.ArgumentParser], None]
+Runner = Callable[[argparse.Namespace], int]
+# name -> (help text, function adding the subcommand's arguments, function running it)
+COMMANDS: dict[str, tuple[str, AddArguments, Runner]] = {}
+
+
+def command(name: str, help_text: str, add_arguments: AddArguments):
+    """Register the decorated function as subcommand ``name``."""
+
+    def decorate(run: Runner) -> Runner:
+        COMMANDS[name] = (help_text, add_arguments, run)
+        return run
+
+    return decorate
+
+
+def _format_stats(stats: dict[str, float]) -> str:
+    lines = []
+    for key, value in stats.items():
+        shown = f"{int(value)}" if key in ("n_traj", "n_transitions") else f"{value:.4g}"
+        lines.append(f"  {key:<22} {shown}")
+    return "\n".join(lines)
+
+
+def _print_stats(stats: dict[str, float], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(stats))
+    else:
+        print(_format_stats(stats))
+
+
+# ---------------------------------------------------------------------- rollout
+def _rollout_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env", required=True, help="environment id, e.g. CartPole-v1")
+    p.add_argument(
+        "--policy",
+        default="scripted",
+        help="KIND[:ARG]: scripted[:NAME], random, zero, tdimitation:PATH (default: the "
+        "scripted expert for --env)",
+    )
+    p.add_argument("--episodes", type=int, default=None, help="minimum number of episodes")
+    p.add_argument("--timesteps", type=int, default=None, help="minimum number of transitions")
+    p.add_argument("--num-envs", type=int, default=8, help="sub-envs stepped together")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deterministic", action="store_true", help="greedy actions")
+    p.add_argument("--fixed-horizon", type=int, default=None, help="episode length H")
+    p.add_argument("--out", required=True, help="directory of the dataset to write")
+    p.add_argument("--json", action="store_true", help="print statistics as one JSON line")
+
+
+@command("rollout", "run a policy and save complete episodes as a dataset", _rollout_args)
+def run_rollout(args: argparse.Namespace) -> int:
+    from tdimitation.data import rollout, rollout_stats
+    from tdimitation.data.storage import save_trajectories
+    from tdimitation.envs import make_env
+    from tdimitation.policies import policy_from_string
+
+    if args.episodes is None and args.timesteps is None:
+        args.episodes = 10
+    env = make_env(
+        args.env, num_envs=args.num_envs, seed=args.seed, fixed_horizon=args.fixed_horizon
+    )
+    try:
+        policy = policy_from_string(args.policy, env=env, **_seed_kwargs(args.policy, args.seed))
+        trajectories = rollout(
+            policy,
+            env,
+            min_episodes=args.episodes,
+            min_timesteps=args.timesteps,
+            deterministic=args.deterministic,
+            progress=sys.stderr.isatty(),
+        )
+    finally:
+        env.close()
+    path = save_trajectories(
+        args.out,
+        trajectories,
+        env_id=args.env,
+        metadata={
+            "policy": args.policy,
+            "seed": args.seed,
+            "deterministic": args.deterministic,
+            "fixed_horizon": args.fixed_horizon,
+        },
+    )
+    stats = rollout_stats(trajectories)
+    if not args.json:
+        print(f"saved {int(stats['n_traj'])} episodes to {path}")
+    _print_stats(stats, args.json)
+    return 0
+
+
+def _seed_kwargs(policy_spec: str, seed: int) -> dict:
+    return {"seed": seed} if policy_spec.partition(":")[0] == "random" else {}
+
+
+# ---------------------------------------------------------------------- convert
+def _convert_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="imitation HF dataset directory, .npz or .pkl file")
+    p.add_argument("dest", help="directory of the tdimitation dataset to write")
+    p.add_argument("--env-id", default=None, help="record the environment id with the data")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow reading .pkl files (unpickling can run code: trusted files only)",
+    )
+
+
+@command("convert", "convert imitation trajectory files to a tdimitation dataset", _convert_args)
+def run_convert(args: argparse.Namespace) -> int:
+    from tdimitation.data import rollout_stats
+    from tdimitation.data.storage import load_trajectories, save_trajectories, trajectory_format
+
+    source_format = trajectory_format(args.source)
+    trajectories = load_trajectories(args.source, allow_pickle=args.allow_pickle)
+    path = save_trajectories(
+        args.dest, trajectories, env_id=args.env_id, metadata={"converted_from": source_format}
+    )
+    stats = rollout_stats(trajectories)
+    print(f"converted {int(stats['n_traj'])} episodes ({source_format}) to {path}")
+    return 0
+
+
+# ------------------------------------------------------------------------ stats
+def _stats_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="trajectory dataset directory, or imitation .npz/.pkl file")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("--allow-pickle", action="store_true", help="allow reading .pkl files")
+
+
+@command("stats", "print statistics of a trajectory dataset", _stats_args)
+def run_stats(args: argparse.Namespace) -> int:
+    from tdimitation.data import rollout_stats
+    from tdimitation.data.storage import load_trajectories, trajectory_metadata
+
+    trajectories = load_trajectories(args.path, allow_pickle=args.allow_pickle)
+    stats = rollout_stats(trajectories)
+    if not args.json:
+        meta = trajectory_metadata(args.path)
+        print(f"{args.path}: format {meta.get('format')}, env {meta.get('env_id') or 'unknown'}")
+    _print_stats(stats, args.json)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tdimitation", description="Reward and imitation learning on torchrl."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add_arguments, _) in COMMANDS.items():
+        add_arguments(subparsers.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tdimitation`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run = COMMANDS[args.command][2]
+    try:
+        return int(run(args) or 0)
+    except (TdimitationError, ValueError, OSError) as err:
+        # Bad input: one line naming the problem, no traceback.
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"tdimitation {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tdimitation {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
