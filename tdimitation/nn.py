@@ -76,3 +76,53 @@ _FUNCTIONAL = {
     nn.GELU: F.gelu,
     nn.ELU: F.elu,
 }
+
+
+class RunningNorm(nn.Module):
+    """Normalise inputs by running mean and variance (exact, over everything seen).
+
+    ``update(x)`` folds a batch ``[B, *shape]`` into the statistics with the parallel
+    variance formula; ``forward(x)`` returns ``(x - mean) / sqrt(var + eps)``, clipped to
+    ``±clip`` when ``clip`` is set. Statistics are buffers, so they travel in state dicts
+    and checkpoints, and a saved policy carries them. Batches ``[1, 3]`` then ``[5, 7, 9]``
+    give mean 5 and (population) variance 8.
+
+    Args:
+        shape: shape of one input (without the batch dimension).
+        eps: added to the variance before the square root.
+        clip: optional bound on the normalised values.
+    """
+
+    def __init__(self, shape: Sequence[int] | int, eps: float = 1e-8, clip: float | None = None):
+        super().__init__()
+        shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+        self.eps = float(eps)
+        self.clip = clip
+        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """Fold a batch of inputs into the running statistics."""
+        batch = x.reshape(-1, *self.mean.shape).to(torch.float64)
+        n = batch.shape[0]
+        if n == 0:
+            return
+        batch_mean = batch.mean(0)
+        batch_var = batch.var(0, correction=0)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * (n / total)
+        # Combine sums of squared deviations (Chan et al.); var is the population variance.
+        m2 = self.var * self.count + batch_var * n + delta.pow(2) * self.count * n / total
+        self.var.copy_(m2 / total)
+        self.count.copy_(total)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = self.mean.to(x.dtype)
+        std = (self.var + self.eps).sqrt().to(x.dtype)
+        out = (x - mean) / std
+        if self.clip is not None:
+            out = out.clamp(-self.clip, self.clip)
+        return out

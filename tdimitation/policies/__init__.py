@@ -1,6 +1,13 @@
 """Policies: TensorDict modules reading ``observation`` and writing ``action``."""
 
-from tdimitation.policies.actors import CategoricalActor, GaussianActor, build_actor
+from tdimitation.policies.actors import (
+    CategoricalActor,
+    GaussianActor,
+    MLPActor,
+    QValueActor,
+    TanhNormalActor,
+    build_actor,
+)
 from tdimitation.policies.base import CallablePolicy, RandomPolicy, ZeroPolicy, as_policy
 from tdimitation.policies.registry import (
     POLICY_LOADERS,
@@ -13,6 +20,9 @@ from tdimitation.policies.registry import (
 __all__ = [
     "CategoricalActor",
     "GaussianActor",
+    "MLPActor",
+    "QValueActor",
+    "TanhNormalActor",
     "build_actor",
     "CallablePolicy",
     "RandomPolicy",

@@ -2,7 +2,13 @@
 
 The actors are plain modules rather than torchrl ``ProbabilisticActor``s because one
 ``ProbabilisticActor`` call costs ~120 µs against ~30 µs for the same work written out
-(speed notes §Q1); they still expose ``get_dist`` so torchrl-style losses can use them.
+(speed notes §Q1). They still expose ``get_dist`` and ``log_prob(observation, action)``
+for losses. Every actor can carry a :class:`~tdimitation.nn.RunningNorm` of its
+observations (``normalize_observations=True``), so a saved policy normalises its inputs
+the way it was trained; the training algorithm updates the statistics, never ``forward``.
+
+Each actor keeps its constructor arguments in ``config`` (primitives only), which
+:func:`~tdimitation.policies.save_policy` stores beside the state dict.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import nn
@@ -19,7 +26,8 @@ from torchrl.data import Bounded, MultiCategorical
 from torchrl.data import Categorical as CategoricalSpec
 from torchrl.envs.utils import ExplorationType, exploration_type
 
-from tdimitation.nn import build_mlp, mlp_forward
+from tdimitation.errors import SpaceMismatchError
+from tdimitation.nn import ACTIVATIONS, RunningNorm, build_mlp, mlp_forward
 
 
 def is_deterministic() -> bool:
@@ -27,7 +35,27 @@ def is_deterministic() -> bool:
     return exploration_type() in (ExplorationType.DETERMINISTIC, ExplorationType.MODE)
 
 
-class CategoricalActor(TensorDictModuleBase):
+class MLPActor(TensorDictModuleBase):
+    """Base of the MLP actors: observation normalisation and the saved ``config``.
+
+    Args:
+        config: constructor arguments (primitives), stored in saved policy files.
+        obs_dim: observation width.
+        normalize_observations: keep a :class:`RunningNorm` of the observations.
+    """
+
+    def __init__(self, config: dict, obs_dim: int, normalize_observations: bool) -> None:
+        super().__init__()
+        self.config = dict(config)
+        self.obs_norm = RunningNorm(obs_dim, clip=10.0) if normalize_observations else None
+        self.in_keys = ["observation"]
+
+    def features(self, observation: torch.Tensor) -> torch.Tensor:
+        """The network input: the observation, normalised when the actor normalises."""
+        return observation if self.obs_norm is None else self.obs_norm(observation)
+
+
+class CategoricalActor(MLPActor):
     """MLP policy over discrete actions.
 
     Writes ``action`` (int64 index; argmax when deterministic) and ``action_log_prob``.
@@ -35,10 +63,11 @@ class CategoricalActor(TensorDictModuleBase):
     ``torch.distributions`` object per step.
 
     Args:
-        obs_dim: flattened observation width.
+        obs_dim: observation width.
         n_actions: number of discrete actions.
         hidden_sizes: hidden layer widths.
         activation: activation name (see :data:`tdimitation.nn.ACTIVATIONS`).
+        normalize_observations: normalise observations with running statistics.
     """
 
     def __init__(
@@ -47,22 +76,23 @@ class CategoricalActor(TensorDictModuleBase):
         n_actions: int,
         hidden_sizes: Sequence[int] = (32, 32),
         activation: str = "tanh",
+        normalize_observations: bool = False,
     ) -> None:
-        super().__init__()
-        self.config = {
+        config = {
             "obs_dim": int(obs_dim),
             "n_actions": int(n_actions),
             "hidden_sizes": [int(h) for h in hidden_sizes],
             "activation": activation,
+            "normalize_observations": bool(normalize_observations),
         }
+        super().__init__(config, obs_dim, normalize_observations)
         self.net = build_mlp(obs_dim, n_actions, hidden_sizes, activation, output_gain=0.01)
-        self.in_keys = ["observation"]
         self.out_keys = ["action", "action_log_prob"]
         self._noise_cache: torch.Tensor | None = None
         self._noise_pos = 0
 
     def logits(self, observation: torch.Tensor) -> torch.Tensor:
-        return mlp_forward(self.net, observation)
+        return mlp_forward(self.net, self.features(observation))
 
     def get_dist(self, tensordict: TensorDictBase) -> Categorical:
         return Categorical(logits=self.logits(tensordict.get("observation")))
@@ -96,7 +126,7 @@ class CategoricalActor(TensorDictModuleBase):
         return tensordict
 
 
-class GaussianActor(TensorDictModuleBase):
+class GaussianActor(MLPActor):
     """MLP policy over continuous actions: a diagonal Gaussian, clipped to the bounds.
 
     Writes ``action`` (the mean when deterministic) and ``action_log_prob`` (of the
@@ -104,13 +134,14 @@ class GaussianActor(TensorDictModuleBase):
     as in Stable-Baselines3's PPO.
 
     Args:
-        obs_dim: flattened observation width.
+        obs_dim: observation width.
         action_dim: action width.
         low: lower action bounds (clipping), or None.
         high: upper action bounds, or None.
         hidden_sizes: hidden layer widths.
         activation: activation name.
         log_std_init: initial log standard deviation.
+        normalize_observations: normalise observations with running statistics.
     """
 
     def __init__(
@@ -122,9 +153,9 @@ class GaussianActor(TensorDictModuleBase):
         hidden_sizes: Sequence[int] = (32, 32),
         activation: str = "tanh",
         log_std_init: float = 0.0,
+        normalize_observations: bool = False,
     ) -> None:
-        super().__init__()
-        self.config = {
+        config = {
             "obs_dim": int(obs_dim),
             "action_dim": int(action_dim),
             "low": None if low is None else [float(x) for x in low],
@@ -132,21 +163,24 @@ class GaussianActor(TensorDictModuleBase):
             "hidden_sizes": [int(h) for h in hidden_sizes],
             "activation": activation,
             "log_std_init": float(log_std_init),
+            "normalize_observations": bool(normalize_observations),
         }
+        super().__init__(config, obs_dim, normalize_observations)
         self.net = build_mlp(obs_dim, action_dim, hidden_sizes, activation, output_gain=0.01)
         self.log_std = nn.Parameter(torch.full((action_dim,), float(log_std_init)))
         bounds = low is not None and high is not None
         self.register_buffer("low", torch.tensor(low, dtype=torch.float32) if bounds else None)
         self.register_buffer("high", torch.tensor(high, dtype=torch.float32) if bounds else None)
-        self.in_keys = ["observation"]
         self.out_keys = ["action", "action_log_prob"]
 
+    def loc(self, observation: torch.Tensor) -> torch.Tensor:
+        return mlp_forward(self.net, self.features(observation))
+
     def get_dist(self, tensordict: TensorDictBase) -> Independent:
-        loc = mlp_forward(self.net, tensordict.get("observation"))
+        loc = self.loc(tensordict.get("observation"))
         return Independent(Normal(loc, self.log_std.exp().expand_as(loc)), 1)
 
-    def log_prob(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        loc = mlp_forward(self.net, observation)
+    def _log_prob_at(self, loc: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         var = (2 * self.log_std).exp()
         return (
             -0.5 * ((action - loc) ** 2 / var).sum(-1)
@@ -154,46 +188,235 @@ class GaussianActor(TensorDictModuleBase):
             - 0.5 * loc.shape[-1] * math.log(2 * math.pi)
         )
 
+    def log_prob(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self._log_prob_at(self.loc(observation), action)
+
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        obs = tensordict.get("observation")
-        loc = mlp_forward(self.net, obs)
+        loc = self.loc(tensordict.get("observation"))
         if is_deterministic():
             sample = loc
         else:
             sample = loc + torch.randn_like(loc) * self.log_std.exp()
-        log_prob = self.log_prob(obs, sample)
-        action = (
-            sample
-            if self.low is None
-            else torch.maximum(torch.minimum(sample, self.high), self.low)
-        )
+        log_prob = self._log_prob_at(loc, sample)
+        action = sample if self.low is None else torch.clamp(sample, self.low, self.high)
         tensordict.set("action", action)
         tensordict.set("action_log_prob", log_prob)
         return tensordict
 
 
-ACTOR_CLASSES: dict[str, type[TensorDictModuleBase]] = {
+class TanhNormalActor(MLPActor):
+    """Squashed Gaussian policy (SAC): ``a = tanh(u)``, ``u ~ N(mu(s), sigma(s))``.
+
+    The tanh output is scaled to the action bounds. Layout follows Stable-Baselines3's SAC
+    actor (a trunk of hidden layers each followed by the activation, then ``mu`` and
+    ``log_std`` heads; ``log_std`` clamped to [-20, 2]), so its weights map one to one.
+    Writes ``action`` (``tanh(mu)`` scaled when deterministic) and ``action_log_prob``
+    (with the change-of-variables correction). ``sample(observation)`` returns a
+    reparameterised action and its log-probability for the actor loss.
+
+    Args:
+        obs_dim: observation width.
+        action_dim: action width.
+        low: lower action bounds.
+        high: upper action bounds.
+        hidden_sizes: widths of the trunk layers.
+        activation: activation name.
+        normalize_observations: normalise observations with running statistics.
+    """
+
+    LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        low: Sequence[float],
+        high: Sequence[float],
+        hidden_sizes: Sequence[int] = (256, 256),
+        activation: str = "relu",
+        normalize_observations: bool = False,
+    ) -> None:
+        config = {
+            "obs_dim": int(obs_dim),
+            "action_dim": int(action_dim),
+            "low": [float(x) for x in low],
+            "high": [float(x) for x in high],
+            "hidden_sizes": [int(h) for h in hidden_sizes],
+            "activation": activation,
+            "normalize_observations": bool(normalize_observations),
+        }
+        super().__init__(config, obs_dim, normalize_observations)
+        layers: list[nn.Module] = []
+        width = obs_dim
+        for size in hidden_sizes:
+            layers += [nn.Linear(width, int(size)), ACTIVATIONS[activation]()]
+            width = int(size)
+        self.trunk = nn.Sequential(*layers)
+        self.mu = nn.Linear(width, action_dim)
+        self.log_std = nn.Linear(width, action_dim)
+        low_t = torch.tensor(low, dtype=torch.float32)
+        high_t = torch.tensor(high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high_t - low_t) / 2)
+        self.register_buffer("action_bias", (high_t + low_t) / 2)
+        self.out_keys = ["action", "action_log_prob"]
+
+    def _heads(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = mlp_forward(self.trunk, self.features(observation))
+        log_std = F.linear(h, self.log_std.weight, self.log_std.bias)
+        mu = F.linear(h, self.mu.weight, self.mu.bias)
+        return mu, log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
+
+    def _squash_log_det(self, u: torch.Tensor) -> torch.Tensor:
+        # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), stable for large |u|.
+        return (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1) + self.action_scale.log().sum()
+
+    def sample(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterised action and its log-probability (gradients flow through both)."""
+        mu, log_std = self._heads(observation)
+        u = mu + torch.randn_like(mu) * log_std.exp()
+        log_prob = Normal(mu, log_std.exp()).log_prob(u).sum(-1) - self._squash_log_det(u)
+        return torch.tanh(u) * self.action_scale + self.action_bias, log_prob
+
+    def log_prob(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        mu, log_std = self._heads(observation)
+        squashed = ((action - self.action_bias) / self.action_scale).clamp(-1 + 1e-6, 1 - 1e-6)
+        u = torch.atanh(squashed)
+        return Normal(mu, log_std.exp()).log_prob(u).sum(-1) - self._squash_log_det(u)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        observation = tensordict.get("observation")
+        if is_deterministic():
+            mu, log_std = self._heads(observation)
+            action = torch.tanh(mu) * self.action_scale + self.action_bias
+            log_prob = Normal(mu, log_std.exp()).log_prob(mu).sum(-1) - self._squash_log_det(mu)
+        else:
+            action, log_prob = self.sample(observation)
+        tensordict.set("action", action)
+        tensordict.set("action_log_prob", log_prob)
+        return tensordict
+
+
+class QValueActor(MLPActor):
+    """Greedy policy over a Q-network (DQN), epsilon-greedy while exploring.
+
+    Writes ``action`` (int64), ``action_value`` (all Q-values) and
+    ``chosen_action_value``. When the exploration type is not deterministic, each action
+    is uniformly random with probability ``epsilon`` (a buffer the training algorithm
+    anneals). Layout follows Stable-Baselines3's ``QNetwork`` (``q_net`` MLP).
+
+    Args:
+        obs_dim: observation width.
+        n_actions: number of discrete actions.
+        hidden_sizes: hidden layer widths.
+        activation: activation name.
+        epsilon: initial exploration rate.
+        normalize_observations: normalise observations with running statistics.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        n_actions: int,
+        hidden_sizes: Sequence[int] = (64, 64),
+        activation: str = "relu",
+        epsilon: float = 0.0,
+        normalize_observations: bool = False,
+    ) -> None:
+        config = {
+            "obs_dim": int(obs_dim),
+            "n_actions": int(n_actions),
+            "hidden_sizes": [int(h) for h in hidden_sizes],
+            "activation": activation,
+            "normalize_observations": bool(normalize_observations),
+        }
+        super().__init__(config, obs_dim, normalize_observations)
+        self.net = build_mlp(obs_dim, n_actions, hidden_sizes, activation)
+        self.register_buffer("epsilon", torch.tensor(float(epsilon)))
+        self.out_keys = ["action", "action_value", "chosen_action_value"]
+
+    def q_values(self, observation: torch.Tensor) -> torch.Tensor:
+        return mlp_forward(self.net, self.features(observation))
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        q = self.q_values(tensordict.get("observation"))
+        action = q.argmax(-1)
+        if not is_deterministic() and float(self.epsilon) > 0:
+            explore = torch.rand(action.shape, device=q.device) < self.epsilon
+            random_action = torch.randint(q.shape[-1], action.shape, device=q.device)
+            action = torch.where(explore, random_action, action)
+        tensordict.set("action", action)
+        tensordict.set("action_value", q)
+        tensordict.set("chosen_action_value", q.gather(-1, action.unsqueeze(-1)).squeeze(-1))
+        return tensordict
+
+
+ACTOR_CLASSES: dict[str, type[MLPActor]] = {
     "CategoricalActor": CategoricalActor,
     "GaussianActor": GaussianActor,
+    "TanhNormalActor": TanhNormalActor,
+    "QValueActor": QValueActor,
 }
 
 
-def build_actor(env, hidden_sizes: Sequence[int] = (32, 32), activation: str = "tanh"):
+def observation_width(env) -> int:
+    """Width of the flat observation vector an MLP actor takes, with a clear error if none."""
+    spec = env.observation_spec_unbatched["observation"]
+    if hasattr(spec, "keys") or len(spec.shape) != 1:
+        raise SpaceMismatchError(
+            f"MLP actors take flat vector observations; {getattr(env, 'env_id', 'the env')} "
+            f"has {spec.shape if not hasattr(spec, 'keys') else 'dict'} observations "
+            "(flatten them with a gymnasium wrapper)"
+        )
+    return int(spec.shape[0])
+
+
+def build_actor(
+    env,
+    kind: str = "auto",
+    hidden_sizes: Sequence[int] = (32, 32),
+    activation: str = "tanh",
+    normalize_observations: bool = False,
+) -> MLPActor:
     """An MLP actor fitting ``env``'s observation and action specs.
 
-    Discrete action spaces get a :class:`CategoricalActor`, Box action spaces a
-    :class:`GaussianActor` clipped to the bounds.
+    Args:
+        env: the environment.
+        kind: ``"auto"`` (categorical for Discrete actions, Gaussian for Box),
+            ``"categorical"``, ``"gaussian"``, ``"tanh_normal"`` (SAC) or ``"qvalue"`` (DQN).
+        hidden_sizes: hidden layer widths.
+        activation: activation name.
+        normalize_observations: carry a running normaliser of the observations.
     """
-    obs_spec = env.observation_spec_unbatched["observation"]
-    obs_dim = int(math.prod(obs_spec.shape)) if len(obs_spec.shape) else 1
+    obs_dim = observation_width(env)
     act_spec = env.full_action_spec_unbatched["action"]
-    if isinstance(act_spec, CategoricalSpec) and not isinstance(act_spec, MultiCategorical):
-        return CategoricalActor(obs_dim, act_spec.space.n, hidden_sizes, activation)
-    if isinstance(act_spec, Bounded) or act_spec.dtype.is_floating_point:
+    discrete = isinstance(act_spec, CategoricalSpec) and not isinstance(act_spec, MultiCategorical)
+    if kind == "auto":
+        kind = "categorical" if discrete else "gaussian"
+    common = {
+        "hidden_sizes": hidden_sizes,
+        "activation": activation,
+        "normalize_observations": normalize_observations,
+    }
+    if kind in ("categorical", "qvalue"):
+        if not discrete:
+            raise SpaceMismatchError(
+                f"a {kind} actor needs a Discrete action space, got {act_spec}"
+            )
+        cls = CategoricalActor if kind == "categorical" else QValueActor
+        return cls(obs_dim, act_spec.space.n, **common)
+    if kind in ("gaussian", "tanh_normal"):
+        if not act_spec.dtype.is_floating_point:
+            raise SpaceMismatchError(f"a {kind} actor needs a Box action space, got {act_spec}")
+        action_dim = int(math.prod(act_spec.shape))
         low = high = None
         if isinstance(act_spec, Bounded):
             low = act_spec.space.low.reshape(-1).tolist()
             high = act_spec.space.high.reshape(-1).tolist()
-        action_dim = int(math.prod(act_spec.shape))
-        return GaussianActor(obs_dim, action_dim, low, high, hidden_sizes, activation)
-    raise NotImplementedError(f"no MLP actor for action spec {type(act_spec).__name__}")
+        if kind == "gaussian":
+            return GaussianActor(obs_dim, action_dim, low, high, **common)
+        if low is None:
+            raise SpaceMismatchError("a tanh_normal actor needs bounded actions")
+        return TanhNormalActor(obs_dim, action_dim, low, high, **common)
+    raise ValueError(
+        f"unknown actor kind {kind!r}: auto, categorical, gaussian, tanh_normal, qvalue"
+    )

@@ -2,7 +2,7 @@
 
 ``load_policy(kind, path=None, env=None)`` resolves:
 
-* ``"tdimitation"``: a file written by :func:`save_policy`;
+* ``"tdimitation"``: a file written by :func:`save_policy`, or a training checkpoint;
 * ``"scripted"``: a scripted expert, by name (``path``) or picked for ``env``;
 * ``"random"`` / ``"zero"``: uniformly random or all-zero actions for ``env``.
 
@@ -36,24 +36,29 @@ def register_policy_loader(kind: str, loader: PolicyLoader) -> None:
     POLICY_LOADERS[kind] = loader
 
 
-def save_policy(policy: TensorDictModuleBase, path: str | os.PathLike) -> Path:
-    """Save an MLP actor: its class, constructor arguments and state dict.
-
-    The file loads with ``torch.load(weights_only=True)``; it is written atomically.
-    """
+def policy_payload(policy: TensorDictModuleBase) -> dict:
+    """The saved form of an MLP actor: format tag, class name, config and state dict."""
     cls_name = type(policy).__name__
     if cls_name not in ACTOR_CLASSES or not hasattr(policy, "config"):
         raise PolicyError(
             f"save_policy supports {sorted(ACTOR_CLASSES)}, got {cls_name}; save other "
             "modules with torch.save(module.state_dict(), path)"
         )
-    payload = {
+    return {
         "format": POLICY_FILE_FORMAT,
         "version": POLICY_FILE_VERSION,
         "class": cls_name,
-        "config": policy.config,
+        "config": dict(policy.config),
         "state_dict": {k: v.detach().cpu() for k, v in policy.state_dict().items()},
     }
+
+
+def save_policy(policy: TensorDictModuleBase, path: str | os.PathLike) -> Path:
+    """Save an MLP actor: its class, constructor arguments and state dict.
+
+    The file loads with ``torch.load(weights_only=True)``; it is written atomically.
+    """
+    payload = policy_payload(policy)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
@@ -98,8 +103,14 @@ def _load_tdimitation(path: str | os.PathLike | None, env=None, **_) -> TensorDi
             f"policy file {path} is corrupted or not a tdimitation policy ({type(err).__name__}); "
             "re-export it with save_policy"
         ) from None
+    if isinstance(payload, dict) and "tdimitation" in payload and "state_dict" in payload:
+        # A training checkpoint: its exported policy is stored beside the run's state.
+        payload = payload["tdimitation"].get("policy")
     if not isinstance(payload, dict) or payload.get("format") != POLICY_FILE_FORMAT:
-        raise PolicyError(f"{path} is not a tdimitation policy file (no '{POLICY_FILE_FORMAT}')")
+        raise PolicyError(
+            f"{path} is neither a tdimitation policy file nor a training checkpoint with a "
+            "policy; export one with save_policy"
+        )
     cls = ACTOR_CLASSES.get(payload.get("class"))
     if cls is None:
         raise PolicyError(f"{path} holds an unknown policy class {payload.get('class')!r}")
