@@ -122,7 +122,7 @@ def make_env(
         if not env_fns:
             raise EnvCreationError("an empty list of environment factories was given")
     try:
-        return GymVecEnv(env_fns, env_id=name, device=device, seed=seed)
+        return GymVecEnv(env_fns, env_id=name, device=device, seed=seed, env_kwargs=env_kwargs)
     except gym.error.DependencyNotInstalled as err:
         raise EnvCreationError(
             f"{name or 'the environment'} needs an optional dependency: {err} "

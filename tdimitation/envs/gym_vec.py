@@ -55,6 +55,8 @@ class GymVecEnv(EnvBase):
         env_id: name used in messages and metadata.
         device: device of the returned tensors.
         seed: seed of the first reset (sub-env ``i`` gets ``seed + i``).
+        env_kwargs: the ``gymnasium.make`` keyword arguments the sub-envs were built with
+            (recorded, e.g. so a scripted expert can tell continuous LunarLander apart).
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class GymVecEnv(EnvBase):
         env_id: str | None = None,
         device: torch.device | str | None = None,
         seed: int | None = None,
+        env_kwargs: dict | None = None,
     ) -> None:
         envs = [fn() for fn in env_fns]
         if not envs:
@@ -73,6 +76,8 @@ class GymVecEnv(EnvBase):
         self.envs = envs
         first_spec = envs[0].spec
         self.env_id = env_id or (first_spec.id if first_spec is not None else None)
+        # The gymnasium.make keyword arguments, e.g. LunarLander's continuous=True.
+        self.env_kwargs = dict(env_kwargs or {})
         self.num_envs = num_envs
         self.single_observation_space = envs[0].observation_space
         self.single_action_space = envs[0].action_space

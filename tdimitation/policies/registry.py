@@ -126,7 +126,8 @@ def _load_scripted(name: str | None, env=None, **_) -> TensorDictModuleBase:
 
     if name is None:
         env_id = getattr(env, "env_id", None)
-        name = scripted_policy_for_env(env_id) if env_id else None
+        env_kwargs = getattr(env, "env_kwargs", None)
+        name = scripted_policy_for_env(env_id, env_kwargs) if env_id else None
         if name is None:
             raise PolicyError(
                 f"no scripted expert is known for environment {env_id!r}; name one: scripted:NAME"
