@@ -102,6 +102,14 @@ class CategoricalActor(MLPActor):
         log_p = torch.log_softmax(self.logits(observation), -1)
         return log_p.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
 
+    def evaluate_actions(
+        self, observation: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probability of ``action`` and the policy's entropy, in one forward pass."""
+        log_p = torch.log_softmax(self.logits(observation), -1)
+        entropy = -(log_p.exp() * log_p).sum(-1)
+        return log_p.gather(-1, action.long().unsqueeze(-1)).squeeze(-1), entropy
+
     def _gumbel_noise(self, like: torch.Tensor) -> torch.Tensor:
         # log(E), E ~ Exp(1), drawn in blocks of calls: one indexing op per step instead of
         # three random ops (collection calls the policy once per vector step).
@@ -190,6 +198,14 @@ class GaussianActor(MLPActor):
 
     def log_prob(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self._log_prob_at(self.loc(observation), action)
+
+    def evaluate_actions(
+        self, observation: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probability of ``action`` and the policy's entropy, in one forward pass."""
+        log_prob = self._log_prob_at(self.loc(observation), action)
+        entropy = self.log_std.sum() + 0.5 * self.log_std.numel() * (1 + math.log(2 * math.pi))
+        return log_prob, entropy.expand_as(log_prob)
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         loc = self.loc(tensordict.get("observation"))
