@@ -20,8 +20,9 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
+# The main job: train a CartPole expert with PPO (~1-2 min on 2 cores), logged to MLflow.
 demo: $(VENV)/.installed
-	$(BIN)/python -m tdimitation.demo --data-dir $(DATA_DIR)
+	$(BIN)/tdimitation fit --config recipes/ppo/cartpole.yaml --run.data_dir $(DATA_DIR)
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest

@@ -39,7 +39,7 @@ class PeriodicCheckpoint(L.Callback):
 
     def _save(self, trainer: L.Trainer) -> None:
         with atomic_path(self.path) as tmp:
-            trainer.save_checkpoint(tmp)
+            trainer.save_checkpoint(tmp, weights_only=False)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if (batch_idx + 1) % self.every_n_rounds == 0:

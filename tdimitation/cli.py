@@ -8,8 +8,10 @@ Subcommands:
   ``.pkl``) to a tdimitation dataset;
 * ``stats``: statistics of a trajectory dataset or file.
 
-Training commands (``fit --config RECIPE``) register themselves in :data:`COMMANDS` as the
-algorithms arrive. Bad input exits with status 2 and a one-line message, no traceback.
+* ``fit --config RECIPE``: train an algorithm from a YAML recipe (LightningCLI; see
+  :mod:`tdimitation.fit`).
+
+Bad input exits with status 2 and a one-line message, no traceback.
 """
 
 from __future__ import annotations
@@ -167,7 +169,9 @@ def run_stats(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tdimitation", description="Reward and imitation learning on torchrl."
+        prog="tdimitation",
+        description="Reward and imitation learning on torchrl.",
+        epilog="Training: tdimitation fit --config RECIPE (see tdimitation fit --help).",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_arguments, _) in COMMANDS.items():
@@ -177,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tdimitation`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["fit"]:
+        # LightningCLI owns fit's arguments (every recipe key is an option).
+        from tdimitation.fit import fit_main
+
+        return fit_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     run = COMMANDS[args.command][2]
