@@ -79,7 +79,22 @@ def evaluate_trained(model: L.LightningModule, episodes: int) -> dict[str, float
 def fit_main(argv: list[str] | None = None) -> int:
     """Run ``tdimitation fit``; returns the process exit status."""
     torch.set_num_threads(int(os.environ.get("TDIMITATION_NUM_THREADS", "1")))
-    cli = _FitCLI(
+    if argv is None:
+        argv = sys.argv[1:]
+    # Lightning 2.6's CLI calls APIs that jsonargparse 4.49+ deprecates; nothing a user can
+    # act on. jsonargparse's own switch (the user may set it to "all" to see them).
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    # LightningCLI warns when sys.argv also holds arguments; ours are passed explicitly.
+    saved_argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        cli = _make_cli(argv)
+    finally:
+        sys.argv = saved_argv
+    return _run(cli)
+
+
+def _make_cli(argv: list[str]) -> _FitCLI:
+    return _FitCLI(
         model_class=L.LightningModule,
         subclass_mode_model=True,
         args=argv,
@@ -89,10 +104,15 @@ def fit_main(argv: list[str] | None = None) -> int:
         trainer_defaults={
             "max_epochs": 1,
             "log_every_n_steps": 1,
+            # The MLflow logger is attached after instantiation (its names come from `run`).
+            "logger": False,
             "enable_checkpointing": False,
         },
         parser_kwargs={"prog": "tdimitation fit", "description": __doc__.splitlines()[0]},
     )
+
+
+def _run(cli: _FitCLI) -> int:
     config = cli.config
     run_cfg = config.run
     model, trainer = cli.model, cli.trainer

@@ -1,0 +1,103 @@
+import textwrap
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from tdimitation.cli import main
+
+RECIPE = textwrap.dedent("""
+    model:
+      class_path: tdimitation.rl.ppo.PPO
+      init_args:
+        env_id: CartPole-v1
+        num_envs: 4
+        n_steps: 64
+        total_frames: 768
+        n_epochs: 2
+        batch_size: 64
+    trainer:
+      enable_progress_bar: false
+      enable_model_summary: false
+    run:
+      experiment: fit-test
+      name: tiny
+      eval_episodes: 4
+      checkpoint_every: 1
+""")
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE)
+    return path
+
+
+def test_fit_logs_everything_to_mlflow(recipe, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = tmp_path / "data"
+    assert main(["fit", "--config", str(recipe), "--run.data_dir", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "mlflow ui --backend-store-uri" in out and "evaluation over" in out
+    client = MlflowClient(f"sqlite:///{data.resolve()}/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("fit-test").experiment_id])[0]
+    assert run.info.run_name == "tiny"
+    assert run.data.params["env_id"] == "CartPole-v1" and run.data.params["n_steps"] == "64"
+    metrics = run.data.metrics
+    assert metrics["frames"] == 768 and "eval/return_mean" in metrics
+    assert "episode/return" in metrics or "train/loss_critic" in metrics
+    history = client.get_metric_history(run.info.run_id, "frames")
+    assert [m.value for m in history] == [256.0, 512.0, 768.0]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "checkpoints"} <= artifacts
+    ckpt = data / "runs" / "fit-test" / "tiny" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["tdimitation"]["frames"] == 768
+
+
+def test_fit_resumes_from_checkpoint_with_a_larger_budget(recipe, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = tmp_path / "data"
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(recipe),
+                "--run.data_dir",
+                str(data),
+                "--trainer.max_epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
+    ckpt = data / "runs" / "fit-test" / "tiny" / "last.ckpt"
+    # A finished run resumed with a larger budget continues in a second epoch.
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(recipe),
+                "--run.data_dir",
+                str(data),
+                "--run.name",
+                "more",
+                "--model.init_args.total_frames",
+                "1280",
+                "--trainer.max_epochs",
+                "2",
+                "--ckpt_path",
+                str(ckpt),
+            ]
+        )
+        == 0
+    )
+    more = data / "runs" / "fit-test" / "more" / "last.ckpt"
+    assert torch.load(more, weights_only=True)["tdimitation"]["frames"] == 1280
+
+
+def test_fit_rejects_bad_recipe_values(recipe, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(recipe), "--model.init_args.n_steps", "lots"])
