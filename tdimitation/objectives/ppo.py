@@ -23,7 +23,8 @@ class PPOClipLoss(LossModule):
 
     ``forward(td)`` reads the keys below from a TensorDict and returns ``loss_objective``,
     ``loss_critic``, ``loss_entropy`` (sum them to train) and the diagnostics
-    ``entropy``, ``kl_approx``, ``clip_fraction``. :meth:`loss_tensors` computes the same
+    ``entropy``, ``kl_approx``, ``clip_fraction``. The actor must also have
+    ``log_prob(observation, action)``. :meth:`loss_tensors` computes the same
     from tensors, for training loops that index minibatches as tensors.
 
     Keys (``set_keys``): ``observation``, ``action``, ``sample_log_prob``
@@ -96,9 +97,19 @@ class PPOClipLoss(LossModule):
         old_log_prob: torch.Tensor,
         advantage: torch.Tensor,
         value_target: torch.Tensor,
+        diagnostics: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """The loss terms and diagnostics from tensors (advantage/value_target ``[B]``)."""
-        log_prob, entropy = self.actor.evaluate_actions(observation, action)
+        """The loss terms (and, if ``diagnostics``, entropy/KL/clip fraction) from tensors.
+
+        ``advantage`` and ``value_target`` are ``[B]``. Training loops that log only some
+        minibatches pass ``diagnostics=False`` for the others: with a zero entropy
+        coefficient that also keeps the entropy out of the graph (fewer kernels per step).
+        """
+        need_entropy = self.ent_coef != 0.0 or diagnostics
+        if need_entropy:
+            log_prob, entropy = self.actor.evaluate_actions(observation, action)
+        else:
+            log_prob, entropy = self.actor.log_prob(observation, action), None
         if self.normalize_advantage and advantage.numel() > 1:
             advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
         log_ratio = log_prob - old_log_prob
@@ -106,20 +117,19 @@ class PPOClipLoss(LossModule):
         clipped = ratio.clamp(1 - self.clip_epsilon, 1 + self.clip_epsilon)
         loss_objective = -torch.minimum(ratio * advantage, clipped * advantage).mean()
         value = self.critic.value(observation).squeeze(-1)
-        loss_critic = self.vf_coef * (value_target - value).pow(2).mean()
-        entropy_mean = entropy.mean()
-        with torch.no_grad():
-            # Schulman's low-variance KL estimator, as SB3 and torchrl report it.
-            kl_approx = ((ratio - 1) - log_ratio).mean()
-            clip_fraction = ((ratio - 1).abs() > self.clip_epsilon).float().mean()
-        return {
+        out = {
             "loss_objective": loss_objective,
-            "loss_critic": loss_critic,
-            "loss_entropy": -self.ent_coef * entropy_mean,
-            "entropy": entropy_mean.detach(),
-            "kl_approx": kl_approx,
-            "clip_fraction": clip_fraction,
+            "loss_critic": self.vf_coef * (value_target - value).pow(2).mean(),
         }
+        if self.ent_coef != 0.0:
+            out["loss_entropy"] = -self.ent_coef * entropy.mean()
+        if diagnostics:
+            with torch.no_grad():
+                out["entropy"] = entropy.mean()
+                # Schulman's low-variance KL estimator, as SB3 and torchrl report it.
+                out["kl_approx"] = ((ratio - 1) - log_ratio).mean()
+                out["clip_fraction"] = ((ratio - 1).abs() > self.clip_epsilon).float().mean()
+        return out
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         k = self.tensor_keys
@@ -132,4 +142,6 @@ class PPOClipLoss(LossModule):
             td.get(k.advantage).reshape(n),
             td.get(k.value_target).reshape(n),
         )
+        if "loss_entropy" not in out:
+            out["loss_entropy"] = torch.zeros((), device=out["loss_objective"].device)
         return TensorDict(out, batch_size=[])

@@ -165,32 +165,44 @@ class PPO(OnlineAlgorithm):
         advantage, value_target = advantage.reshape(n), value_target.reshape(n)
         params = [p for group in optimizer.param_groups for p in group["params"]]
         n_minibatches = n // hp.batch_size
-        sums: dict[str, torch.Tensor] = {}
+        logged: list[dict[str, torch.Tensor]] = []
         updates = 0
-        for _ in range(hp.n_epochs):
+        for epoch in range(hp.n_epochs):
+            # Diagnostics cost kernels per step: compute them in the last epoch only, or in
+            # every epoch when early stopping on the KL needs them.
+            diagnostics = hp.target_kl is not None or epoch == hp.n_epochs - 1
             # One gather per epoch; minibatches are then contiguous views.
             perm = torch.randperm(n, device=obs.device)
             epoch_tensors = [t[perm] for t in (obs, action, old_log_prob, advantage, value_target)]
-            epoch_kl = torch.zeros((), device=obs.device)
+            epoch_logged = []
             for i in range(n_minibatches):
                 part = slice(i * hp.batch_size, (i + 1) * hp.batch_size)
-                out = self.loss_module.loss_tensors(*(t[part] for t in epoch_tensors))
-                loss = out["loss_objective"] + out["loss_critic"] + out["loss_entropy"]
+                out = self.loss_module.loss_tensors(
+                    *(t[part] for t in epoch_tensors), diagnostics=diagnostics
+                )
+                loss = out["loss_objective"] + out["loss_critic"]
+                if "loss_entropy" in out:
+                    loss = loss + out["loss_entropy"]
                 optimizer.zero_grad(set_to_none=True)
                 self.manual_backward(loss)
                 if hp.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm, foreach=True)
                 optimizer.step()
-                for key, value in out.items():
-                    sums[key] = sums.get(key, 0.0) + value.detach()
-                epoch_kl += out["kl_approx"]
+                if diagnostics:
+                    epoch_logged.append(out)
                 updates += 1
-            if hp.target_kl is not None and float(epoch_kl) / n_minibatches > 1.5 * hp.target_kl:
-                break
+            logged = epoch_logged or logged
+            if hp.target_kl is not None:
+                epoch_kl = float(torch.stack([o["kl_approx"] for o in epoch_logged]).mean())
+                if epoch_kl > 1.5 * hp.target_kl:
+                    break
         if self.actor.obs_norm is not None:
             # After the update, so this round's stored log-probs matched the policy used.
             self.actor.obs_norm.update(obs)
-        metrics = {key: float(value) / updates for key, value in sums.items()}
+        # One reduction per key for the whole round (the last epoch's minibatches).
+        metrics = {
+            key: float(torch.stack([o[key].detach() for o in logged]).mean()) for key in logged[0]
+        }
         metrics["explained_variance"] = _explained_variance(
             self.critic.value(obs).detach(), value_target
         )
