@@ -6,7 +6,9 @@ Subcommands:
   a trajectory dataset, then print their statistics;
 * ``convert``: convert ``imitation``'s trajectory files (HF dataset, legacy ``.npz`` or
   ``.pkl``) to a tdimitation dataset;
-* ``stats``: statistics of a trajectory dataset or file.
+* ``stats``: statistics of a trajectory dataset or file;
+* ``eval``: evaluate a policy (scripted, saved, checkpoint or Stable-Baselines3 zip), print
+  its statistics as one JSON line, optionally record a video and log to MLflow.
 
 * ``fit --config RECIPE``: train an algorithm from a YAML recipe (LightningCLI; see
   :mod:`tdimitation.fit`).
@@ -22,6 +24,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from tdimitation.errors import TdimitationError
+from tdimitation.utils import configure_threads
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
 Runner = Callable[[argparse.Namespace], int]
@@ -167,6 +170,94 @@ def run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------- eval
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env", required=True, help="environment id, e.g. CartPole-v1")
+    p.add_argument(
+        "--policy",
+        required=True,
+        help="KIND[:ARG]: scripted[:NAME], random, zero, tdimitation:PATH, "
+        "sb3-ppo:PATH, sb3-sac:PATH, sb3-dqn:PATH",
+    )
+    p.add_argument("--episodes", type=int, default=20, help="minimum number of episodes")
+    p.add_argument("--num-envs", type=int, default=8, help="sub-envs stepped together")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stochastic", action="store_true", help="sample actions (default: greedy)")
+    p.add_argument("--fixed-horizon", type=int, default=None, help="episode length H")
+    p.add_argument("--video", default=None, help="also record one episode to this .gif/.mp4")
+    p.add_argument(
+        "--mlflow",
+        action="store_true",
+        help="log params, metrics (eval/...) and the video to an MLflow run (off by default)",
+    )
+    p.add_argument("--experiment", default="eval", help="MLflow experiment name")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="directory of the local MLflow store (default $TDIMITATION_DATA_DIR or "
+        "./tdimitation_data; $MLFLOW_TRACKING_URI overrides the store)",
+    )
+
+
+@command("eval", "evaluate a policy: return statistics as one JSON line", _eval_args)
+def run_eval(args: argparse.Namespace) -> int:
+
+    from tdimitation.envs import make_env
+    from tdimitation.evaluation import evaluate_policy, record_video, video_format
+    from tdimitation.policies import policy_from_string
+
+    if args.video:
+        video_format(args.video)  # fail before evaluating, not after
+    deterministic = not args.stochastic
+    env = make_env(
+        args.env, num_envs=args.num_envs, seed=args.seed, fixed_horizon=args.fixed_horizon
+    )
+    try:
+        policy = policy_from_string(args.policy, env=env, **_seed_kwargs(args.policy, args.seed))
+        stats = evaluate_policy(policy, env, args.episodes, deterministic=deterministic)
+    finally:
+        env.close()
+    video = None
+    if args.video:
+        video = record_video(
+            policy,
+            args.env,
+            args.video,
+            seed=args.seed,
+            deterministic=deterministic,
+            fixed_horizon=args.fixed_horizon,
+        )
+    if args.mlflow:
+        from tdimitation.tracking import browse_hint, make_mlflow_logger, tracking_uri
+
+        logger = make_mlflow_logger(args.experiment, data_dir_path=args.data_dir)
+        params = {
+            "env": args.env,
+            "policy": args.policy,
+            "episodes": args.episodes,
+            "num_envs": args.num_envs,
+            "seed": args.seed,
+            "deterministic": deterministic,
+            "fixed_horizon": args.fixed_horizon,
+        }
+        try:
+            logger.log_hyperparams(params)
+            logger.log_metrics({f"eval/{key}": value for key, value in stats.items()})
+            if video is not None:
+                logger.experiment.log_artifact(logger.run_id, str(video))
+        except BaseException:
+            logger.finalize("failed")  # do not leave the run marked RUNNING
+            raise
+        logger.finalize("success")
+        print(
+            f"logged MLflow run {logger.run_id} (experiment {args.experiment!r}); browse with: "
+            f"{browse_hint(tracking_uri(args.data_dir))}",
+            file=sys.stderr,
+        )
+    print(json.dumps(stats))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tdimitation",
@@ -182,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tdimitation`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    configure_threads()
     if argv[:1] == ["fit"]:
         # LightningCLI owns fit's arguments (every recipe key is an option).
         from tdimitation.fit import fit_main

@@ -21,11 +21,11 @@ import time
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from tdimitation.callbacks import PeriodicCheckpoint
 from tdimitation.tracking import browse_hint, data_dir, make_mlflow_logger, tracking_uri
+from tdimitation.utils import configure_threads
 
 
 class _FitCLI(LightningCLI):
@@ -78,7 +78,7 @@ def evaluate_trained(model: L.LightningModule, episodes: int) -> dict[str, float
 
 def fit_main(argv: list[str] | None = None) -> int:
     """Run ``tdimitation fit``; returns the process exit status."""
-    torch.set_num_threads(int(os.environ.get("TDIMITATION_NUM_THREADS", "1")))
+    configure_threads()
     if argv is None:
         argv = sys.argv[1:]
     # Lightning 2.6's CLI calls APIs that jsonargparse 4.49+ deprecates; nothing a user can
@@ -118,7 +118,8 @@ def _run(cli: _FitCLI) -> int:
     model, trainer = cli.model, cli.trainer
     experiment = run_cfg.experiment or type(model).__name__
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_name = run_cfg.name or f"{type(model).__name__}-{getattr(model, 'env_id', 'run')}-{stamp}"
+    env_name = str(getattr(model, "env_id", "run")).replace("/", "-")  # ids may have a namespace
+    run_name = run_cfg.name or f"{type(model).__name__}-{env_name}-{stamp}"
     root = data_dir(run_cfg.data_dir)
     uri = tracking_uri(root)
     logger = make_mlflow_logger(experiment, run_name=run_name, uri=uri)

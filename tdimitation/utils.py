@@ -20,9 +20,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield Path(tmp)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def configure_threads() -> None:
+    """Use ``$TDIMITATION_NUM_THREADS`` torch threads (default 1).
+
+    Small networks on a CPU gain nothing from intra-op threads and lose a lot when another
+    process holds a core (stack notes §0.9: single phases ran 10x slower).
+    """
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("TDIMITATION_NUM_THREADS", "1")))

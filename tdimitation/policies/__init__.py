@@ -34,3 +34,5 @@ __all__ = [
     "register_policy_loader",
     "save_policy",
 ]
+
+from tdimitation.policies import sb3 as _sb3  # noqa: F401,E402  (registers the sb3-* loaders)

@@ -64,7 +64,7 @@ def save_policy(policy: TensorDictModuleBase, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def _check_actor_fits_env(policy: TensorDictModuleBase, env, path) -> None:
+def check_actor_fits_env(policy: TensorDictModuleBase, env, path) -> None:
     import math
 
     obs_spec = env.observation_spec_unbatched["observation"]
@@ -117,7 +117,7 @@ def _load_tdimitation(path: str | os.PathLike | None, env=None, **_) -> TensorDi
     policy = cls(**payload["config"])
     policy.load_state_dict(payload["state_dict"])
     if env is not None:
-        _check_actor_fits_env(policy, env, path)
+        check_actor_fits_env(policy, env, path)
     return policy
 
 
