@@ -278,7 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # LightningCLI owns fit's arguments (every recipe key is an option).
         from tdimitation.fit import fit_main
 
-        return fit_main(argv[1:])
+        try:
+            return fit_main(argv[1:])
+        except TdimitationError as err:
+            print(f"tdimitation fit: error: {err}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     run = COMMANDS[args.command][2]

@@ -21,9 +21,11 @@ import time
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from tdimitation.callbacks import PeriodicCheckpoint
+from tdimitation.errors import TdimitationError
 from tdimitation.tracking import browse_hint, data_dir, make_mlflow_logger, tracking_uri
 from tdimitation.utils import configure_threads
 
@@ -84,6 +86,13 @@ def fit_main(argv: list[str] | None = None) -> int:
     # Lightning 2.6's CLI calls APIs that jsonargparse 4.49+ deprecates; nothing a user can
     # act on. jsonargparse's own switch (the user may set it to "all" to see them).
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    # Check a checkpoint to resume before building anything (the check repeats in _run for
+    # a ckpt_path given inside a config file).
+    for i, arg in enumerate(argv):
+        if arg == "--ckpt_path" and i + 1 < len(argv):
+            check_checkpoint(argv[i + 1])
+        elif arg.startswith("--ckpt_path="):
+            check_checkpoint(arg.split("=", 1)[1])
     # LightningCLI warns when sys.argv also holds arguments; ours are passed explicitly.
     saved_argv, sys.argv = sys.argv, sys.argv[:1]
     try:
@@ -112,8 +121,27 @@ def _make_cli(argv: list[str]) -> _FitCLI:
     )
 
 
+def check_checkpoint(path: str | os.PathLike) -> None:
+    """Fail early, with one clear line, on a missing, corrupted or foreign checkpoint."""
+    if not os.path.isfile(path):
+        raise TdimitationError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise TdimitationError(
+            f"checkpoint {path} is corrupted or unreadable ({type(err).__name__}); resume "
+            "from an earlier checkpoint or start a new run"
+        ) from None
+    if not isinstance(state, dict) or "tdimitation" not in state or "state_dict" not in state:
+        raise TdimitationError(
+            f"{path} is not a checkpoint of a tdimitation training run (no 'tdimitation' state)"
+        )
+
+
 def _run(cli: _FitCLI) -> int:
     config = cli.config
+    if config.ckpt_path:
+        check_checkpoint(config.ckpt_path)
     run_cfg = config.run
     model, trainer = cli.model, cli.trainer
     experiment = run_cfg.experiment or type(model).__name__

@@ -101,3 +101,46 @@ def test_fit_resumes_from_checkpoint_with_a_larger_budget(recipe, tmp_path, monk
 def test_fit_rejects_bad_recipe_values(recipe, tmp_path):
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(recipe), "--model.init_args.n_steps", "lots"])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"garbage bytes, not a checkpoint", "corrupted"),
+        (None, "does not exist"),
+    ],
+)
+def test_fit_refuses_a_bad_checkpoint(recipe, tmp_path, capsys, content, message):
+    ckpt = tmp_path / "last.ckpt"
+    if content is not None:
+        ckpt.write_bytes(content)
+    rc = main(
+        [
+            "fit",
+            "--config",
+            str(recipe),
+            "--run.data_dir",
+            str(tmp_path / "d"),
+            "--ckpt_path",
+            str(ckpt),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+
+
+def test_fit_refuses_a_foreign_checkpoint(recipe, tmp_path, capsys):
+    ckpt = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}, "epoch": 0}, ckpt)
+    rc = main(
+        [
+            "fit",
+            "--config",
+            str(recipe),
+            "--run.data_dir",
+            str(tmp_path / "d"),
+            "--ckpt_path",
+            str(ckpt),
+        ]
+    )
+    assert rc == 2 and "not a checkpoint of a tdimitation" in capsys.readouterr().err
