@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from typing import Any
 
 import lightning as L
@@ -86,6 +87,8 @@ def fit_main(argv: list[str] | None = None) -> int:
     # Lightning 2.6's CLI calls APIs that jsonargparse 4.49+ deprecates; nothing a user can
     # act on. jsonargparse's own switch (the user may set it to "all" to see them).
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    # Lightning 2.6 under torch 2.13 warns about its own pytree use once per fit.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # Check a checkpoint to resume before building anything (the check repeats in _run for
     # a ckpt_path given inside a config file).
     for i, arg in enumerate(argv):
