@@ -1,5 +1,6 @@
 """Loss modules (torchrl ``LossModule`` style): declared keys, no training loops inside."""
 
+from tdimitation.objectives.bc import BCLoss
 from tdimitation.objectives.ppo import PPOClipLoss
 
-__all__ = ["PPOClipLoss"]
+__all__ = ["BCLoss", "PPOClipLoss"]
