@@ -109,6 +109,9 @@ def _make_cli(argv: list[str]) -> _FitCLI:
     return _FitCLI(
         model_class=L.LightningModule,
         subclass_mode_model=True,
+        # Offline algorithms take a `data:` section (e.g. DemonstrationData); online ones none.
+        datamodule_class=None,  # None keeps `data` optional; subclass mode still applies
+        subclass_mode_data=True,
         args=argv,
         run=False,
         save_config_callback=None,
@@ -162,7 +165,7 @@ def _run(cli: _FitCLI) -> int:
 
     config_yaml = cli.parser.dump(config, skip_none=False)
     started = time.perf_counter()
-    trainer.fit(model, ckpt_path=config.ckpt_path, weights_only=True)
+    trainer.fit(model, datamodule=cli.datamodule, ckpt_path=config.ckpt_path, weights_only=True)
     elapsed = time.perf_counter() - started
 
     experiment_client, run_id = logger.experiment, logger.run_id
