@@ -276,10 +276,14 @@ class BC(L.LightningModule):
         block = block.to(observations.device)
         obs_block, act_block = observations[block], actions[block]  # one gather per block
         accumulate = self.hparams.grad_accumulation
+        last = block.shape[0] - 1
         for k in range(block.shape[0]):
             optimizer.zero_grad(set_to_none=True)
             for m in range(accumulate):
-                out = self.loss_module.loss_tensors(obs_block[k, m], act_block[k, m])
+                # Metrics only for the step that is logged: fewer kernels per step.
+                out = self.loss_module.loss_tensors(
+                    obs_block[k, m], act_block[k, m], diagnostics=k == last
+                )
                 self.manual_backward(out["loss"] / accumulate if accumulate > 1 else out["loss"])
             optimizer.step()
         epochs_before = self.batches_done // self._per_epoch

@@ -82,39 +82,51 @@ class BCLoss(LossModule):
         return None
 
     def loss_tensors(
-        self, observation: torch.Tensor, action: torch.Tensor
+        self, observation: torch.Tensor, action: torch.Tensor, diagnostics: bool = True
     ) -> dict[str, torch.Tensor]:
-        """The loss and metrics from an observation batch and the expert's actions."""
+        """The loss (and, if ``diagnostics``, all metrics) from observations and actions.
+
+        Training loops that log once per block of steps pass ``diagnostics=False`` for the
+        others; the loss is the same, only ``loss`` is returned, and fewer kernels run.
+        """
         stochastic = self._log_prob_entropy(observation, action)
         if stochastic is not None:
             log_prob, entropy = stochastic
             neglogp = -log_prob.mean()
             entropy = entropy.mean()
-            prob_true_act = log_prob.detach().exp().mean()
         else:
-            predicted = self.policy(
-                TensorDict({"observation": observation}, batch_size=observation.shape[:1])
-            )["action"]
+            td = TensorDict({"observation": observation}, batch_size=observation.shape[:1])
+            predicted = self.policy(td)["action"]
             # Regression onto the expert's action: squared error summed over action dims.
             error = (predicted - action).pow(2).reshape(observation.shape[0], -1)
             neglogp = error.sum(-1).mean()
-            entropy = torch.zeros((), device=observation.device)
-            prob_true_act = torch.full((), float("nan"), device=observation.device)
-        ent_loss = -self.ent_weight * entropy
+            entropy = None
+        loss = neglogp
+        if self.ent_weight != 0.0 and entropy is not None:
+            ent_loss = -self.ent_weight * entropy
+            loss = loss + ent_loss
+        l2_norm = None
         if self.l2_weight != 0.0:
             params = [p for p in self.policy.parameters() if p.requires_grad]
             l2_norm = torch.stack([p.pow(2).sum() for p in params]).sum() / 2
+            loss = loss + self.l2_weight * l2_norm
+        if not diagnostics:
+            return {"loss": loss}
+        zero = torch.zeros((), device=observation.device)
+        entropy = zero if entropy is None else entropy
+        l2_norm = zero if l2_norm is None else l2_norm
+        if stochastic is not None:
+            prob_true_act = log_prob.detach().exp().mean()
         else:
-            l2_norm = torch.zeros((), device=observation.device)
-        l2_loss = self.l2_weight * l2_norm
+            prob_true_act = torch.full((), float("nan"), device=observation.device)
         return {
-            "loss": neglogp + ent_loss + l2_loss,
+            "loss": loss,
             "neglogp": neglogp,
             "entropy": entropy,
-            "ent_loss": ent_loss,
+            "ent_loss": -self.ent_weight * entropy,
             "prob_true_act": prob_true_act,
             "l2_norm": l2_norm,
-            "l2_loss": l2_loss,
+            "l2_loss": self.l2_weight * l2_norm,
         }
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:

@@ -1,0 +1,174 @@
+"""BC training throughput: tdimitation's BC in a Lightning Trainer vs a bare torch loop.
+
+50,000 CartPole-like transitions, 32-32 tanh policy, batch 32 and 256. In the same run:
+
+* ``bare``: the ceiling the issue defines: same MLP, ``torch.optim.Adam`` (default
+  implementation), cross-entropy, slicing pre-shuffled tensors, no Lightning;
+* ``bare_fused``: the same with ``Adam(fused=True)``;
+* ``ours``: ``tdimitation.algorithms.BC`` in ``lightning.Trainer`` (defaults: 64 fused
+  optimizer steps per ``training_step``, logging once per block; entropy term included);
+* ``imitation``: imitation 1.0.1's BC in the reference venv, if present.
+
+Samples/s exclude start-up (a warm-up fit runs first). Median of ``--repeats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+N = 50_000
+
+
+def make_demos():
+    from tensordict import TensorDict
+
+    g = torch.Generator().manual_seed(0)
+    obs = torch.randn(N, 4, generator=g)
+    done = torch.zeros(N, 1, dtype=torch.bool)
+    done[499::500] = True
+    return TensorDict(
+        {
+            "observation": obs,
+            "action": torch.randint(0, 2, (N,), generator=g),
+            "episode": torch.arange(N) // 500,
+            "next": {
+                "observation": obs,
+                "done": done,
+                "terminated": done,
+                "truncated": torch.zeros_like(done),
+                "reward": torch.ones(N, 1),
+            },
+        },
+        batch_size=[N],
+    )
+
+
+def bare(batch_size: int, samples: int, fused: bool) -> float:
+    g = torch.Generator().manual_seed(0)
+    obs, act = torch.randn(N, 4, generator=g), torch.randint(0, 2, (N,), generator=g)
+    net = nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 2))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=fused)
+    steps = samples // batch_size
+    per_epoch = N // batch_size
+    perm = torch.randperm(N)
+    o, a = obs[perm], act[perm]
+    start = time.perf_counter()
+    for i in range(steps):
+        j = i % per_epoch
+        if j == 0 and i:
+            perm = torch.randperm(N)
+            o, a = obs[perm], act[perm]
+        loss = F.cross_entropy(
+            net(o[j * batch_size : (j + 1) * batch_size]), a[j * batch_size : (j + 1) * batch_size]
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def ours(batch_size: int, samples: int, demos) -> float:
+    import lightning as L
+
+    from tdimitation.algorithms import BC, DemonstrationData
+
+    steps = samples // batch_size
+    model = BC("CartPole-v1", n_batches=steps, batch_size=batch_size, seed=0)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    data = DemonstrationData("CartPole-v1", trajectories=demos)
+    start = {}
+
+    class Clock(L.Callback):
+        def on_train_start(self, *args):
+            start["t"] = time.perf_counter()
+
+    trainer.callbacks.append(Clock())
+    trainer.fit(model, datamodule=data)
+    return steps * batch_size / (time.perf_counter() - start["t"])
+
+
+def imitation(samples: int) -> dict | None:
+    python = Path(os.environ.get("IMITATION_VENV", "/work/imitation-venv")) / "bin" / "python"
+    if not python.exists():
+        return None
+    out = subprocess.run(
+        [str(python), str(HERE / "reference" / "imitation_bc.py"), "--samples", str(samples)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode:
+        print(out.stderr[-1500:], file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--samples", type=int, default=300_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    demos = make_demos()
+    ours(32, 20_000, demos)  # warm-up (imports, first fit)
+    results: dict[str, list[float]] = {}
+    for _ in range(args.repeats):
+        for bs in (32, 256):
+            samples = args.samples if bs == 32 else args.samples * 4
+            results.setdefault(f"bare_{bs}", []).append(bare(bs, samples, fused=False))
+            results.setdefault(f"bare_fused_{bs}", []).append(bare(bs, samples, fused=True))
+            results.setdefault(f"ours_{bs}", []).append(ours(bs, samples, demos))
+    med = {k: statistics.median(v) for k, v in results.items()}
+    ref = imitation(args.samples // 2) or {}
+    print(
+        f"\nBC throughput (samples/s), 50,000 transitions, 32-32 policy, median of {args.repeats}\n"
+    )
+    header = [
+        "batch",
+        "tdimitation BC (Lightning)",
+        "bare loop (Adam)",
+        "bare loop (fused Adam)",
+        "imitation 1.0.1",
+        "ours / bare",
+        "ours / imitation",
+    ]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for bs in (32, 256):
+        mine, ceiling = med[f"ours_{bs}"], med[f"bare_{bs}"]
+        im = ref.get(f"imitation_bc_{bs}")
+        cells = [
+            str(bs),
+            f"{mine:,.0f}",
+            f"{ceiling:,.0f}",
+            f"{med[f'bare_fused_{bs}']:,.0f}",
+            "-" if im is None else f"{im:,.0f}",
+            f"{mine / ceiling:.2f}",
+            "-" if im is None else f"{mine / im:.2f}",
+        ]
+        print("| " + " | ".join(cells) + " |")
+    print(json.dumps({"medians": med, "imitation": ref}))
+
+
+if __name__ == "__main__":
+    main()
