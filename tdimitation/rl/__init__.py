@@ -7,6 +7,8 @@ from tdimitation.rl.base import (
     episode_metrics,
     load_buffer_state,
 )
+from tdimitation.rl.ppo import PPO
+from tdimitation.rl.sac import SAC, DiscreteSoftActorCriticLoss, SoftActorCriticLoss
 
 __all__ = [
     "CollectorDataset",
@@ -14,4 +16,8 @@ __all__ = [
     "buffer_state",
     "episode_metrics",
     "load_buffer_state",
+    "PPO",
+    "SAC",
+    "SoftActorCriticLoss",
+    "DiscreteSoftActorCriticLoss",
 ]

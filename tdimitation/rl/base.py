@@ -54,7 +54,8 @@ def buffer_state(buffer: ReplayBuffer) -> dict[str, Any]:
     """
     n = len(buffer)
     return {
-        "content": buffer[:n].to_dict() if n else None,
+        # clone(): buffer[:n] is a view, and torch.save writes a view's whole storage.
+        "content": buffer[:n].clone().to_dict() if n else None,
         "writer": buffer._writer.state_dict(),
     }
 
@@ -63,7 +64,8 @@ def load_buffer_state(buffer: ReplayBuffer, state: dict[str, Any]) -> None:
     """Restore what :func:`buffer_state` saved into an empty buffer of the same capacity."""
     buffer.empty()
     if state["content"] is not None:
-        content = TensorDict.from_dict(state["content"])
+        # batch_dims=1: from_dict would otherwise give batch size [] (tensordict 0.14).
+        content = TensorDict.from_dict(state["content"], batch_dims=1)
         buffer.extend(content)
     buffer._writer.load_state_dict(state["writer"])
 
