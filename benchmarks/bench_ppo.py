@@ -30,25 +30,20 @@ HERE = Path(__file__).resolve().parent
 
 
 class RoundTimer(L.Callback):
-    """Per-round collection time (waiting for the batch) and update time."""
+    """Per-round collection and update time (the module times its own collection)."""
 
     def __init__(self) -> None:
         self.collect: list[float] = []
         self.update: list[float] = []
         self._mark = 0.0
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._mark = time.perf_counter()
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        now = time.perf_counter()
-        self.collect.append(now - self._mark)
-        self._mark = now
-
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        now = time.perf_counter()
-        self.update.append(now - self._mark)
-        self._mark = now
+        total = time.perf_counter() - self._mark
+        self.collect.append(pl_module._collect_seconds)
+        self.update.append(total - pl_module._collect_seconds)
 
 
 class SolveWatch(L.Callback):

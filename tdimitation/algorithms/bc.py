@@ -270,9 +270,14 @@ class BC(L.LightningModule):
         kwargs.setdefault("fused", True)
         return torch.optim.Adam(self.policy.parameters(), lr=self.hparams.learning_rate, **kwargs)
 
-    def training_step(self, block: torch.Tensor, batch_idx: int) -> None:
+    def update_on_block(
+        self, observations: torch.Tensor, actions: torch.Tensor, block: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """One optimizer step per batch of ``block`` (``[K, micro_batches, batch]`` rows).
+
+        Returns the loss metrics of the last step (the only one computing them).
+        """
         optimizer = self.optimizers()
-        observations, actions = self._data
         block = block.to(observations.device)
         obs_block, act_block = observations[block], actions[block]  # one gather per block
         accumulate = self.hparams.grad_accumulation
@@ -286,6 +291,10 @@ class BC(L.LightningModule):
                 )
                 self.manual_backward(out["loss"] / accumulate if accumulate > 1 else out["loss"])
             optimizer.step()
+        return out
+
+    def training_step(self, block: torch.Tensor, batch_idx: int) -> None:
+        out = self.update_on_block(*self._data, block)
         epochs_before = self.batches_done // self._per_epoch
         self.batches_done += block.shape[0]
         self.log_dict(

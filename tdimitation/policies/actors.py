@@ -29,7 +29,6 @@ from torchrl.envs.utils import ExplorationType, exploration_type
 from tdimitation.errors import SpaceMismatchError
 from tdimitation.nn import ACTIVATIONS, RunningNorm, build_mlp, mlp_forward
 
-
 _LOG_2PI = math.log(2 * math.pi)
 
 

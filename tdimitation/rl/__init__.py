@@ -1,7 +1,6 @@
 """Reinforcement learning that trains experts and generators, as LightningModules."""
 
 from tdimitation.rl.base import (
-    CollectorDataset,
     OnlineAlgorithm,
     buffer_state,
     episode_metrics,
@@ -11,7 +10,6 @@ from tdimitation.rl.ppo import PPO
 from tdimitation.rl.sac import SAC, DiscreteSoftActorCriticLoss, SoftActorCriticLoss
 
 __all__ = [
-    "CollectorDataset",
     "OnlineAlgorithm",
     "buffer_state",
     "episode_metrics",

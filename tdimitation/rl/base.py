@@ -1,9 +1,16 @@
 """Shared machinery of online algorithms as LightningModules.
 
-An online algorithm collects with a :class:`~tdimitation.data.VecCollector` that Lightning
-sees as its training data: each ``training_step`` receives one ``[num_envs, T]`` batch
-("a round") and runs the algorithm's updates on it with manual optimisation. Budgets are
-environment frames (``total_frames``); ``trainer.global_step`` counts optimizer steps.
+An online algorithm collects with a :class:`~tdimitation.data.VecCollector`; each
+``training_step`` is one round: collect a ``[num_envs, T]`` batch with the current policy,
+then run the algorithm's updates on it (``training_round``) with manual optimisation.
+Budgets are environment frames (``total_frames``); ``trainer.global_step`` counts optimizer
+steps.
+
+Why the collector is not Lightning's dataset: Lightning fetches one batch ahead from an
+iterable dataset (to know which batch is the last), so round k+1 would be collected before
+the update on round k, with a stale policy: PPO would silently become off-policy and
+DAgger would collect with the previous learner. The dataloader therefore yields round
+numbers, and ``training_step`` collects.
 
 :class:`OnlineAlgorithm` provides: the environment built from primitive arguments (so
 ``hparams`` and checkpoints stay ``weights_only``-loadable and recipes are plain YAML),
@@ -32,14 +39,14 @@ from tdimitation.envs import GymVecEnv, make_env
 from tdimitation.policies.registry import policy_payload
 
 
-class CollectorDataset(IterableDataset):
-    """Lightning-facing view of a collector: iterating yields its batches."""
+class _RoundIndices(IterableDataset):
+    """The dataloader of online algorithms: round numbers, not data (see OnlineAlgorithm)."""
 
-    def __init__(self, collector: VecCollector) -> None:
-        self.collector = collector
+    def __init__(self, rounds: int) -> None:
+        self.rounds = rounds
 
-    def __iter__(self) -> Iterator[TensorDictBase]:
-        yield from self.collector
+    def __iter__(self) -> Iterator[int]:
+        yield from range(self.rounds)
 
 
 def _identity(batch):
@@ -92,8 +99,9 @@ class OnlineAlgorithm(L.LightningModule):
     """Base class of online (collect-then-update) algorithms.
 
     Subclasses build their networks in ``__init__`` (after calling this one), implement
-    :meth:`collection_policy` and ``training_step(batch, batch_idx)`` (one round of
-    updates on a ``[num_envs, T]`` batch), and call :meth:`log_round` once per round.
+    :meth:`collection_policy` and :meth:`training_round` (the updates on one
+    ``[num_envs, T]`` batch, on the module's device), and call :meth:`log_round` once per
+    round.
 
     Args:
         env_id: environment id for :func:`~tdimitation.envs.make_env`.
@@ -137,6 +145,8 @@ class OnlineAlgorithm(L.LightningModule):
         self.frames = 0  # frames collected so far (restored from checkpoints)
         self.collector: VecCollector | None = None
         self._round_start: float | None = None
+        self._collect_seconds = 0.0
+        self.last_batch: TensorDictBase | None = None
         self._collector_state: dict | None = None
 
     # --------------------------------------------------------------- building
@@ -182,22 +192,36 @@ class OnlineAlgorithm(L.LightningModule):
             # Resume episode numbering; frames are counted by the module itself.
             self.collector._next_episode_id = self._collector_state["next_episode_id"]
         return DataLoader(
-            CollectorDataset(self.collector), batch_size=None, num_workers=0, collate_fn=_identity
+            _RoundIndices(rounds), batch_size=None, num_workers=0, collate_fn=_identity
         )
 
-    # ---------------------------------------------------------------- logging
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self._round_start is None:
-            self._round_start = time.perf_counter()
+    # --------------------------------------------------------------- training
+    def training_step(self, round_index: int, batch_idx: int) -> None:
+        """One round: collect with the current policy, then :meth:`training_round`."""
+        start = time.perf_counter()
+        batch = self.collector.rollout().to(self.device)
+        self._collect_seconds = time.perf_counter() - start
+        # Callbacks get the round number as their `batch`; the data is here.
+        self.last_batch = batch
+        self._round_start = time.perf_counter()
+        self.training_round(batch)
 
+    def training_round(self, batch: TensorDictBase) -> None:
+        """The algorithm's updates on one collected ``[num_envs, T]`` batch."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- logging
     def log_round(self, batch: TensorDictBase, metrics: dict[str, float] | None = None) -> None:
-        """Count the round's frames and log frames, fps, episode stats and ``metrics``."""
+        """Count the round's frames; log frames, fps, time split, episode stats, ``metrics``."""
         self.frames += batch.numel()
-        now = time.perf_counter()
-        logged = {"frames": float(self.frames)}
-        if self._round_start is not None:
-            logged["fps"] = batch.numel() / max(now - self._round_start, 1e-9)
-        self._round_start = now
+        update_seconds = time.perf_counter() - (self._round_start or time.perf_counter())
+        round_seconds = self._collect_seconds + update_seconds
+        logged = {
+            "frames": float(self.frames),
+            "fps": batch.numel() / max(round_seconds, 1e-9),
+            "time/collect_s": self._collect_seconds,
+            "time/update_s": update_seconds,
+        }
         logged |= episode_metrics(batch)
         logged |= metrics or {}
         bar_keys = {"frames", "episode/return", "episode/length", "fps"}

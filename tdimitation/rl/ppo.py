@@ -151,7 +151,7 @@ class PPO(OnlineAlgorithm):
             batch["next", "terminated"],
         )
 
-    def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
+    def training_round(self, batch: TensorDictBase) -> None:
         hp = self.hparams
         optimizer = self.optimizers()
         if hp.lr_schedule == "linear":

@@ -693,7 +693,7 @@ class SAC(OnlineAlgorithm):
     def replay_buffers(self) -> dict[str, TensorDictReplayBuffer]:
         return {"replay": self.buffer}
 
-    def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
+    def training_round(self, batch: TensorDictBase) -> None:
         self.buffer.extend(batch.reshape(-1).select(*self.BUFFER_KEYS))
         metrics: dict[str, float] = {}
         if self.frames + batch.numel() >= self.learning_starts:

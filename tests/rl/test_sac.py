@@ -76,7 +76,7 @@ class Rounds(L.Callback):
         self.rounds.append(
             {
                 "frames": pl_module.frames,
-                "log_prob": batch.get("action_log_prob").clone(),
+                "log_prob": pl_module.last_batch.get("action_log_prob").clone(),
                 "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
             }
         )
@@ -348,7 +348,7 @@ def test_collection_policy_is_deterministic_when_asked(trained):
 
 class LastBatch(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.batch = batch.clone()
+        self.batch = pl_module.last_batch.clone()
 
 
 def test_buffer_keeps_fixed_keys_and_caps_at_capacity():

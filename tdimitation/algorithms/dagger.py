@@ -1,0 +1,246 @@
+"""DAgger (Ross et al. 2011) as a LightningModule, on top of :class:`~tdimitation.algorithms.BC`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from torch.utils.data import DataLoader, IterableDataset
+from torchrl.data import LazyMemmapStorage, LazyTensorStorage, TensorDictReplayBuffer
+
+from tdimitation.algorithms.bc import BC, _IndexBlocks
+from tdimitation.data.rollout import rollout
+from tdimitation.data.trajectory import rollout_stats
+from tdimitation.policies.actors import is_deterministic
+from tdimitation.policies.registry import policy_from_string
+from tdimitation.rl.base import buffer_state, load_buffer_state
+
+
+def linear_beta(round_index: int, rampdown_rounds: int) -> float:
+    """β over ``rampdown_rounds`` rounds: 1, (R-1)/R, ..., 1/R, then 0."""
+    if rampdown_rounds <= 0:
+        raise ValueError(f"rampdown_rounds must be positive, got {rampdown_rounds}")
+    return max(0.0, 1.0 - round_index / rampdown_rounds)
+
+
+def exponential_beta(round_index: int, decay: float) -> float:
+    """β = decay ** round, for decay in (0, 1]."""
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"the exponential β decay must be in (0, 1], got {decay}")
+    return decay**round_index
+
+
+class MixturePolicy(TensorDictModuleBase):
+    """Act with the expert with probability β, independently per sub-env and step.
+
+    Writes ``action`` (the action executed) and ``expert_action`` (always the expert's
+    label). When the exploration type is deterministic, β is treated as 0 (the learner
+    alone acts greedily).
+
+    Args:
+        expert: the expert policy.
+        learner: the policy being trained.
+        beta: initial probability of executing the expert's action.
+    """
+
+    def __init__(
+        self, expert: TensorDictModuleBase, learner: TensorDictModuleBase, beta: float = 1.0
+    ) -> None:
+        super().__init__()
+        self.expert = expert
+        self.learner = learner
+        self.beta = float(beta)
+        self.in_keys = ["observation"]
+        self.out_keys = ["action", "expert_action"]
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        obs = tensordict.get("observation")
+        expert_action = self.expert(
+            TensorDict({"observation": obs}, batch_size=tensordict.batch_size)
+        ).get("action")
+        learner_action = self.learner(tensordict.clone(False)).get("action")
+        beta = 0.0 if is_deterministic() else self.beta
+        use_expert = torch.rand(tensordict.batch_size, device=obs.device) < beta
+        mask = use_expert.reshape(use_expert.shape + (1,) * (learner_action.ndim - use_expert.ndim))
+        tensordict.set(
+            "action", torch.where(mask, expert_action.to(learner_action.dtype), learner_action)
+        )
+        tensordict.set("expert_action", expert_action)
+        return tensordict
+
+
+class _RoundIndices(IterableDataset):
+    """Round numbers still to run. Collection happens in ``training_step``: Lightning
+    fetches one batch ahead, which would collect a round with the previous learner.
+    """
+
+    def __init__(self, first: int, last: int) -> None:
+        self.first, self.last = first, last
+
+    def __iter__(self) -> Iterator[int]:
+        yield from range(self.first, self.last)
+
+
+class DAgger(BC):
+    """DAgger: rounds of collection with a β-mixture of expert and learner, then BC.
+
+    Each round (one ``training_step``) sets β from the schedule, collects whole episodes
+    with :class:`MixturePolicy` until at least ``min_episodes`` episodes and
+    ``min_transitions`` transitions (never fewer than one batch) are complete, adds the
+    observations labelled with the *expert's* actions to an aggregated buffer, and trains
+    BC on everything collected so far for ``bc_epochs`` epochs. The aggregated buffer is
+    bounded (``buffer_capacity``; oldest rows are dropped first), memory-mapped under
+    ``memmap_dir`` when given (large runs), and saved in checkpoints sized to its contents,
+    so a run resumes at the round it stopped.
+
+    Args:
+        env_id: environment.
+        expert: policy spec of the expert (``"scripted"``, ``"sb3-ppo:PATH"``, ...), or
+            pass a policy object with ``expert_policy=``.
+        n_rounds: number of rounds.
+        beta_schedule: ``"linear"`` (over ``rampdown_rounds``) or ``"exponential"``
+            (``decay ** round``).
+        rampdown_rounds: rounds of the linear schedule.
+        decay: factor of the exponential schedule, in (0, 1].
+        num_envs: sub-envs collecting together.
+        min_episodes: complete episodes per round.
+        min_transitions: transitions per round (at least ``batch_size``).
+        bc_epochs: BC epochs over the aggregated data per round.
+        buffer_capacity: most transitions kept.
+        memmap_dir: keep the aggregated data in memory-mapped files here.
+        expert_policy: a policy object (or plain callable) used instead of ``expert``.
+        **bc_kwargs: arguments of :class:`BC` (batch size, learning rate, network...).
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        expert: str | None = "scripted",
+        n_rounds: int = 10,
+        beta_schedule: str = "linear",
+        rampdown_rounds: int = 15,
+        decay: float = 0.5,
+        num_envs: int = 4,
+        min_episodes: int = 1,
+        min_transitions: int = 0,
+        bc_epochs: int = 4,
+        buffer_capacity: int = 1_000_000,
+        memmap_dir: str | None = None,
+        expert_policy: Any = None,
+        **bc_kwargs: Any,
+    ) -> None:
+        if beta_schedule == "linear":
+            linear_beta(0, rampdown_rounds)  # validates
+        elif beta_schedule == "exponential":
+            exponential_beta(0, decay)
+        else:
+            raise ValueError(
+                f"beta_schedule must be 'linear' or 'exponential', got {beta_schedule!r}"
+            )
+        if n_rounds <= 0:
+            raise ValueError(f"n_rounds must be positive, got {n_rounds}")
+        super().__init__(env_id, n_epochs=bc_epochs, **bc_kwargs)
+        self.save_hyperparameters(ignore=["expert_policy"])
+        self.collect_env = self.make_env(num_envs=num_envs)
+        if expert_policy is None:
+            if expert is None:
+                raise ValueError("give an expert: a policy spec (expert=) or a policy object")
+            expert_policy = policy_from_string(expert, env=self.collect_env)
+        from tdimitation.policies.base import as_policy
+
+        self.mixture = MixturePolicy(as_policy(expert_policy, self.collect_env), self.policy)
+        storage = (
+            LazyMemmapStorage(buffer_capacity, scratch_dir=memmap_dir)
+            if memmap_dir
+            else LazyTensorStorage(buffer_capacity)
+        )
+        self.buffer = TensorDictReplayBuffer(storage=storage)
+        self.round = 0
+        self.transitions_collected = 0
+
+    def beta(self, round_index: int | None = None) -> float:
+        """β of a round (default: the current one)."""
+        r = self.round if round_index is None else round_index
+        if self.hparams.beta_schedule == "linear":
+            return linear_beta(r, self.hparams.rampdown_rounds)
+        return exponential_beta(r, self.hparams.decay)
+
+    # ------------------------------------------------------------------- data
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            _RoundIndices(self.round, self.hparams.n_rounds), batch_size=None, num_workers=0
+        )
+
+    def collect_round(self) -> TensorDictBase:
+        """Whole episodes of the β-mixture for the current round."""
+        self.mixture.beta = self.beta()
+        hp = self.hparams
+        min_transitions = max(hp.min_transitions, hp.batch_size * hp.grad_accumulation)
+        with torch.no_grad():
+            return rollout(
+                self.mixture,
+                self.collect_env,
+                min_episodes=hp.min_episodes,
+                min_timesteps=min_transitions,
+            )
+
+    # --------------------------------------------------------------- training
+    def training_step(self, round_index: int, batch_idx: int) -> None:
+        hp = self.hparams
+        episodes = self.collect_round()
+        labelled = TensorDict(
+            {"observation": episodes["observation"], "action": episodes["expert_action"]},
+            batch_size=episodes.batch_size,
+        )
+        self.buffer.extend(labelled)
+        self.transitions_collected += labelled.shape[0]
+        data = self.buffer[:]
+        observations = data["observation"].to(self.device)
+        actions = data["action"].to(self.device)
+        rows_per_step = hp.batch_size * hp.grad_accumulation
+        per_epoch = max(data.shape[0] // rows_per_step, 1)
+        blocks = _IndexBlocks(
+            data.shape[0],
+            hp.batch_size,
+            hp.grad_accumulation,
+            hp.steps_per_call,
+            hp.bc_epochs * per_epoch,
+            seed=hp.seed * 1000 + self.round,
+            skip=0,
+        )
+        out: dict[str, torch.Tensor] = {}
+        for block in blocks:
+            out = self.update_on_block(observations, actions, block)
+        stats = rollout_stats(episodes)
+        self.log_dict(
+            {
+                "dagger/round": float(self.round),
+                "dagger/beta": self.mixture.beta,
+                "dagger/transitions": float(self.transitions_collected),
+                "dagger/round_return": stats.get("return_mean", float("nan")),
+            }
+            | {f"bc/{k}": v.detach() for k, v in out.items()},
+            prog_bar=False,
+            on_step=True,
+            on_epoch=False,
+            batch_size=1,
+        )
+        self.round += 1
+
+    # ------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["tdimitation"] |= {
+            "round": self.round,
+            "transitions_collected": self.transitions_collected,
+            "buffers": {"aggregated": buffer_state(self.buffer)},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["tdimitation"]
+        self.round = int(state["round"])
+        self.transitions_collected = int(state["transitions_collected"])
+        load_buffer_state(self.buffer, state["buffers"]["aggregated"])
