@@ -222,7 +222,8 @@ class BC(L.LightningModule):
                 "weight_decay is not supported: Adam couples it to the gradient scale; use "
                 "l2_weight, which adds l2_weight * ½ Σ ||θ||² to the loss"
             )
-        self.save_hyperparameters()
+        # Subclasses' constructor frames are collected too; policy objects are not hparams.
+        self.save_hyperparameters(ignore=["expert_policy"])
         self.automatic_optimization = False
         self.env = make_env(env_id, seed=seed, env_kwargs=env_kwargs, fixed_horizon=fixed_horizon)
         self.policy = build_actor(
