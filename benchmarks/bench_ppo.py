@@ -85,7 +85,7 @@ def trainer(callbacks) -> L.Trainer:
     )
 
 
-def ours_throughput(rounds: int = 3, n_epochs: int = 5) -> dict[str, float]:
+def ours_throughput(rounds: int = 3, n_epochs: int = 5, compile_loss: bool = False) -> dict:
     from tdimitation.rl.ppo import PPO
 
     model = PPO(
@@ -96,10 +96,12 @@ def ours_throughput(rounds: int = 3, n_epochs: int = 5) -> dict[str, float]:
         n_epochs=n_epochs,
         total_frames=8 * 2048 * (rounds + 1),
         seed=0,
+        compile_loss=compile_loss,
     )
     timer = RoundTimer()
     trainer([timer]).fit(model)
-    collect, update = sum(timer.collect[1:]), sum(timer.update[1:])  # skip warm-up round
+    # The first round (warm-up; with compile_loss it includes compilation) is not timed.
+    collect, update = sum(timer.collect[1:]), sum(timer.update[1:])
     return {"fps": 8 * 2048 * rounds / (collect + update), "collect_s": collect, "update_s": update}
 
 
@@ -151,9 +153,10 @@ def main() -> None:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
 
-    ours, sb3 = [], []
+    ours, ours_compiled, sb3 = [], [], []
     for _ in range(args.repeats):
         ours.append(ours_throughput())
+        ours_compiled.append(ours_throughput(compile_loss=True))
         ref = reference(["--mode", "throughput", "--rounds", "3"])
         if ref:
             sb3.append(ref)
@@ -163,21 +166,30 @@ def main() -> None:
     )
     print("| | frames/s | collect s / round | update s / round |")
     print("|---|---|---|---|")
-    for name, runs, key in (("tdimitation", ours, "fps"), ("SB3 2.2.1", sb3, "sb3_fps")):
+    rows = (
+        ("tdimitation", ours, ""),
+        ("tdimitation, compile_loss=True", ours_compiled, ""),
+        ("SB3 2.2.1", sb3, "sb3_"),
+    )
+    for name, runs, prefix in rows:
         if not runs:
             continue
-        collect_key = "collect_s" if name == "tdimitation" else "sb3_collect_s"
-        update_key = "update_s" if name == "tdimitation" else "sb3_update_s"
+        key = f"{prefix}fps"
+        collect_key, update_key = f"{prefix}collect_s", f"{prefix}update_s"
         print(
             f"| {name} | {statistics.median(r[key] for r in runs):,.0f} | "
             f"{statistics.median(r[collect_key] for r in runs) / 3:.2f} | "
             f"{statistics.median(r[update_key] for r in runs) / 3:.2f} |"
         )
-    result = {"ours": ours, "sb3": sb3}
+    result = {"ours": ours, "ours_compiled": ours_compiled, "sb3": sb3}
     if sb3:
-        ratio = fps / statistics.median(r["sb3_fps"] for r in sb3)
-        print(f"\nthroughput ratio tdimitation / SB3 = {ratio:.2f}")
-        result["ratio"] = ratio
+        sb3_fps = statistics.median(r["sb3_fps"] for r in sb3)
+        compiled_fps = statistics.median(r["fps"] for r in ours_compiled)
+        result["ratio"], result["ratio_compiled"] = fps / sb3_fps, compiled_fps / sb3_fps
+        print(
+            f"\nthroughput ratio tdimitation / SB3 = {result['ratio']:.2f} (eager), "
+            f"{result['ratio_compiled']:.2f} (compile_loss=True, after compilation)"
+        )
     if not args.skip_solve:
         solve = ours_solve()
         ref = reference(["--mode", "solve"])

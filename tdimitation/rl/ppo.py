@@ -57,6 +57,8 @@ class PPO(OnlineAlgorithm):
         activation: activation name.
         normalize_observations: running observation normalisation, stored in the policy.
         log_std_init: initial log standard deviation (continuous actions).
+        compile_loss: ``torch.compile`` the loss (forward and backward fused into fewer
+            kernels; pays a one-off compilation of tens of seconds, worth it on long runs).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class PPO(OnlineAlgorithm):
         activation: str = "tanh",
         normalize_observations: bool = False,
         log_std_init: float = 0.0,
+        compile_loss: bool = False,
     ) -> None:
         super().__init__(
             env_id,
@@ -124,6 +127,9 @@ class PPO(OnlineAlgorithm):
             ent_coef=ent_coef,
             normalize_advantage=normalize_advantage,
         )
+        self._loss_fn = self.loss_module.loss_tensors
+        if compile_loss:
+            self._loss_fn = torch.compile(self.loss_module.loss_tensors, dynamic=False)
 
     def collection_policy(self) -> MLPActor:
         return self.actor
@@ -177,7 +183,7 @@ class PPO(OnlineAlgorithm):
             epoch_logged = []
             for i in range(n_minibatches):
                 part = slice(i * hp.batch_size, (i + 1) * hp.batch_size)
-                out = self.loss_module.loss_tensors(
+                out = self._loss_fn(
                     *(t[part] for t in epoch_tensors), diagnostics=diagnostics
                 )
                 loss = out["loss_objective"] + out["loss_critic"]
