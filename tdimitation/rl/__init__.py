@@ -6,6 +6,7 @@ from tdimitation.rl.base import (
     episode_metrics,
     load_buffer_state,
 )
+from tdimitation.rl.dqn import DQN, QLearningLoss
 from tdimitation.rl.ppo import PPO
 from tdimitation.rl.sac import SAC, DiscreteSoftActorCriticLoss, SoftActorCriticLoss
 
@@ -14,6 +15,8 @@ __all__ = [
     "buffer_state",
     "episode_metrics",
     "load_buffer_state",
+    "DQN",
+    "QLearningLoss",
     "PPO",
     "SAC",
     "SoftActorCriticLoss",
