@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,13 @@ class DemonstrationData(L.LightningDataModule):
 
         root = Path(self.cache_dir) if self.cache_dir else data_dir() / "demos"
         name = f"{self.env_id}_{self.expert}_{self.n_episodes}ep_seed{self.seed}"
+        if self.env_kwargs or self.fixed_horizon:
+            # e.g. LunarLander-v3 with continuous=True is another task under the same id.
+            options = json.dumps(
+                {"env_kwargs": self.env_kwargs, "fixed_horizon": self.fixed_horizon},
+                sort_keys=True,
+            )
+            name += "_" + hashlib.sha1(options.encode()).hexdigest()[:10]
         return root / name.replace("/", "-").replace(":", "-")
 
     def prepare_data(self) -> None:

@@ -138,3 +138,18 @@ def test_bad_demonstrations(cartpole_demos):
         )
     with pytest.raises(ValueError, match="exactly one source"):
         DemonstrationData("CartPole-v1")
+
+
+def test_demonstration_cache_separates_env_options(tmp_path):
+    plain = DemonstrationData("LunarLander-v3", expert="scripted", cache_dir=str(tmp_path))
+    continuous = DemonstrationData(
+        "LunarLander-v3",
+        expert="scripted",
+        cache_dir=str(tmp_path),
+        env_kwargs={"continuous": True},
+    )
+    fixed = DemonstrationData(
+        "LunarLander-v3", expert="scripted", cache_dir=str(tmp_path), fixed_horizon=300
+    )
+    paths = {plain._cache_path(), continuous._cache_path(), fixed._cache_path()}
+    assert len(paths) == 3
