@@ -32,7 +32,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch.utils.data import DataLoader, IterableDataset
-from torchrl.data import ReplayBuffer
+from torchrl.data import LazyTensorStorage, ReplayBuffer, TensorDictReplayBuffer
 
 from tdimitation.data.collector import VecCollector
 from tdimitation.envs import GymVecEnv, make_env
@@ -47,6 +47,17 @@ class _RoundIndices(IterableDataset):
 
     def __iter__(self) -> Iterator[int]:
         yield from range(self.rounds)
+
+
+#: The keys off-policy algorithms keep per transition. A fixed set: torchrl's buffers do not
+#: validate schemas (an extra key adds a column, a missing one leaves garbage rows).
+TRANSITION_KEYS: tuple = (
+    "observation",
+    "action",
+    ("next", "observation"),
+    ("next", "reward"),
+    ("next", "terminated"),
+)
 
 
 def _identity(batch):
@@ -238,6 +249,21 @@ class OnlineAlgorithm(L.LightningModule):
             on_epoch=False,
             batch_size=1,
         )
+
+    # --------------------------------------------------------- replay buffers
+    def make_transition_buffer(self, capacity: int) -> TensorDictReplayBuffer:
+        """A replay buffer of :data:`TRANSITION_KEYS` rows, never larger than the budget."""
+        return TensorDictReplayBuffer(
+            storage=LazyTensorStorage(max(1, min(int(capacity), self.total_frames)))
+        )
+
+    @staticmethod
+    def store_transitions(buffer: TensorDictReplayBuffer, batch: TensorDictBase) -> None:
+        """Add a round's transitions (flattened, :data:`TRANSITION_KEYS` only).
+
+        Rows stay on the buffer's device; minibatches move to the module's device.
+        """
+        buffer.extend(batch.reshape(-1).select(*TRANSITION_KEYS).to(buffer.storage.device))
 
     # ------------------------------------------------------------ checkpoints
     def replay_buffers(self) -> dict[str, ReplayBuffer]:

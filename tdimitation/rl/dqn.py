@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tensordict import TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
 from torchrl.data import Categorical as CategoricalSpec
-from torchrl.data import LazyTensorStorage, MultiCategorical, ReplayBuffer, TensorDictReplayBuffer
+from torchrl.data import MultiCategorical, ReplayBuffer
 from torchrl.objectives import LossModule
 
 from tdimitation.errors import SpaceMismatchError
@@ -222,15 +222,6 @@ class DQN(OnlineAlgorithm):
         loss_function: ``"smooth_l1"`` (Huber, as SB3) or ``"l2"``.
     """
 
-    #: Keys stored in the replay buffer (a fixed set: torchrl does not validate schemas).
-    buffer_keys: tuple[NestedKey, ...] = (
-        "observation",
-        "action",
-        ("next", "observation"),
-        ("next", "reward"),
-        ("next", "terminated"),
-    )
-
     def __init__(
         self,
         env_id: str,
@@ -304,7 +295,7 @@ class DQN(OnlineAlgorithm):
             self.actor, gamma=gamma, double_dqn=double_dqn, loss_function=loss_function
         )
         # Sampled with an explicit size (a block of minibatches per round), so no batch_size.
-        self.buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(int(buffer_size)))
+        self.buffer = self.make_transition_buffer(buffer_size)
         self.num_updates = 0  # gradient steps so far (restored from checkpoints)
 
     # ------------------------------------------------------------- exploration
@@ -393,18 +384,16 @@ class DQN(OnlineAlgorithm):
 
     def training_round(self, batch: TensorDictBase) -> None:
         """One round: store the batch, update if past ``learning_starts``, log."""
-        flat = batch.reshape(-1)
-        # The buffer stays where its storage is (CPU); minibatches move to the device.
-        self.buffer.extend(flat.select(*self.buffer_keys).to(self.buffer.storage.device))
+        self.store_transitions(self.buffer, batch)
         # The epsilon this round was collected with (set in on_train_batch_start).
         metrics = {"epsilon": self.exploration_rate(self.frames)}
-        frames_after = self.frames + flat.numel()
+        frames_after = self.frames + batch.numel()
         n_steps = self._gradient_steps()
         if frames_after >= self.hparams.learning_starts and n_steps > 0:
             metrics |= self._update(n_steps)
         if self.actor.obs_norm is not None:
             # After the updates: this round's targets used the statistics it was collected with.
-            self.actor.obs_norm.update(flat.get("observation"))
+            self.actor.obs_norm.update(batch.get("observation").reshape(batch.numel(), -1))
         metrics["updates"] = float(self.num_updates)
         self.log_round(batch, metrics)
         # Between rounds (and in checkpoints) the actor holds the next round's epsilon.

@@ -183,9 +183,7 @@ class PPO(OnlineAlgorithm):
             epoch_logged = []
             for i in range(n_minibatches):
                 part = slice(i * hp.batch_size, (i + 1) * hp.batch_size)
-                out = self._loss_fn(
-                    *(t[part] for t in epoch_tensors), diagnostics=diagnostics
-                )
+                out = self._loss_fn(*(t[part] for t in epoch_tensors), diagnostics=diagnostics)
                 loss = out["loss_objective"] + out["loss_critic"]
                 if "loss_entropy" in out:
                     loss = loss + out["loss_entropy"]

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from tensordict import NestedKey, TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import nn
-from torchrl.data import Bounded, LazyTensorStorage, MultiCategorical, TensorDictReplayBuffer
+from torchrl.data import Bounded, MultiCategorical, TensorDictReplayBuffer
 from torchrl.data import Categorical as CategoricalSpec
 from torchrl.objectives import LossModule
 
@@ -570,14 +570,6 @@ class SAC(OnlineAlgorithm):
         loss_function: critic loss, ``"l2"`` (squared error), ``"smooth_l1"`` or ``"l1"``.
     """
 
-    BUFFER_KEYS = (
-        "observation",
-        "action",
-        ("next", "observation"),
-        ("next", "reward"),
-        ("next", "terminated"),
-    )
-
     def __init__(
         self,
         env_id: str,
@@ -668,9 +660,7 @@ class SAC(OnlineAlgorithm):
                 self.qvalue = EnsembleMLP(obs_dim + action_dim, 1, hidden_sizes, activation)
                 self.loss = SoftActorCriticLoss(self.actor, self.qvalue, **common)
         self._policy = _WarmupPolicy(self.actor, action_spec)
-        # The buffer never needs more rows than the run collects.
-        capacity = min(self.buffer_size, self.total_frames)
-        self.buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(capacity))
+        self.buffer = self.make_transition_buffer(self.buffer_size)
         self.update_seconds = 0.0  # wall time in gradient steps (diagnostics, not saved)
 
     # --------------------------------------------------------------- policies
@@ -694,7 +684,7 @@ class SAC(OnlineAlgorithm):
         return {"replay": self.buffer}
 
     def training_round(self, batch: TensorDictBase) -> None:
-        self.buffer.extend(batch.reshape(-1).select(*self.BUFFER_KEYS))
+        self.store_transitions(self.buffer, batch)
         metrics: dict[str, float] = {}
         if self.frames + batch.numel() >= self.learning_starts:
             start = time.perf_counter()

@@ -18,6 +18,7 @@ from tdimitation.data import episode_returns, rollout
 from tdimitation.envs import make_env
 from tdimitation.errors import SpaceMismatchError
 from tdimitation.policies import QValueActor, load_policy
+from tdimitation.rl.base import TRANSITION_KEYS
 from tdimitation.rl.dqn import DQN, QLearningLoss
 
 torch.set_num_threads(1)
@@ -277,7 +278,7 @@ def test_checkpoint_restores_the_run(trained):
     assert float(restored.actor.epsilon) == pytest.approx(restored.exploration_rate(snap["frames"]))
     assert len(restored.buffer) == snap["frames"]
     stored = restored.buffer[:]
-    for key in DQN.buffer_keys:
+    for key in TRANSITION_KEYS:
         assert torch.equal(stored.get(key), snap["buffer"].get(key))
     assert nets_equal(restored.loss.target_net, snap["target"])
     assert float(restored.actor.obs_norm.count) == snap["norm_count"]
