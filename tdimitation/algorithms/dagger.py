@@ -98,7 +98,9 @@ class DAgger(BC):
 
     Args:
         env_id: environment.
-        expert: policy spec of the expert (``"scripted"``, ``"sb3-ppo:PATH"``, ...), or
+        expert: policy spec of the expert (``"scripted"``, ``"sb3-ppo:PATH"``, ...),
+            ``"interactive"`` for a human at the keyboard (one env, frames shown in a
+            window; see :class:`~tdimitation.policies.interactive.KeyboardExpert`), or
             pass a policy object with ``expert_policy=``.
         n_rounds: number of rounds.
         beta_schedule: ``"linear"`` (over ``rampdown_rounds``) or ``"exponential"``
@@ -144,7 +146,22 @@ class DAgger(BC):
             raise ValueError(f"n_rounds must be positive, got {n_rounds}")
         super().__init__(env_id, n_epochs=bc_epochs, **bc_kwargs)
         self.save_hyperparameters(ignore=["expert_policy"])
-        self.collect_env = self.make_env(num_envs=num_envs)
+        if expert == "interactive" and expert_policy is None:
+            # A human at the keyboard acts in one env, whose frames they see.
+            from tdimitation.envs import make_env
+            from tdimitation.policies.interactive import KeyboardExpert
+
+            self.collect_env = make_env(
+                env_id,
+                num_envs=1,
+                seed=self.hparams.seed,
+                env_kwargs=self.hparams.env_kwargs,
+                fixed_horizon=self.hparams.fixed_horizon,
+                render_mode="rgb_array",
+            )
+            expert_policy = KeyboardExpert(self.collect_env)
+        else:
+            self.collect_env = self.make_env(num_envs=num_envs)
         if expert_policy is None:
             if expert is None:
                 raise ValueError("give an expert: a policy spec (expert=) or a policy object")
