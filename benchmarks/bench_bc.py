@@ -16,19 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _reference import run_reference
 from torch import nn
 
-HERE = Path(__file__).resolve().parent
 N = 50_000
 
 
@@ -107,19 +103,7 @@ def ours(batch_size: int, samples: int, demos) -> float:
 
 
 def imitation(samples: int) -> dict | None:
-    python = Path(os.environ.get("IMITATION_VENV", "/work/imitation-venv")) / "bin" / "python"
-    if not python.exists():
-        return None
-    out = subprocess.run(
-        [str(python), str(HERE / "reference" / "imitation_bc.py"), "--samples", str(samples)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode:
-        print(out.stderr[-1500:], file=sys.stderr)
-        return None
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_reference("imitation_bc.py", "--samples", samples)
 
 
 def main() -> None:

@@ -21,21 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import torch
+from _reference import run_reference
 from gymnasium.vector import AutoresetMode
 from torch import nn
 
-HERE = Path(__file__).resolve().parent
 NUM_ENVS = 8
 
 
@@ -124,21 +120,7 @@ def make_ours(policy_name: str, fpb: int):
 
 
 def imitation_reference(transitions: int) -> dict[str, float] | None:
-    venv = Path(os.environ.get("IMITATION_VENV", "/work/imitation-venv"))
-    script = HERE / "reference" / "imitation_collection.py"
-    python = venv / "bin" / "python"
-    if not python.exists() or not script.exists():
-        return None
-    out = subprocess.run(
-        [str(python), str(script), "--transitions", str(transitions)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        print("imitation reference failed:", out.stderr[-2000:], file=sys.stderr)
-        return None
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_reference("imitation_collection.py", "--transitions", transitions)
 
 
 def main() -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
 import subprocess
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
+from _reference import reference_python
 
 from tdimitation.data import episode_returns, rollout
 from tdimitation.envs import make_env
@@ -283,10 +283,9 @@ def main() -> None:
         print(json.dumps(result), flush=True)
         results.append(result)
     if args.sb3:
-        venv = Path(os.environ.get("IMITATION_VENV", "/work/imitation-venv"))
-        python = venv / "bin" / "python"
-        if not python.exists():
-            print(f"no reference venv at {venv}; skipping SB3 (see benchmarks/reference/)")
+        python = reference_python()
+        if python is None:
+            print("no reference venv; skipping SB3 (see benchmarks/reference/)")
         else:
             for seed in args.seeds:
                 result = run_sb3(seed, args, python)

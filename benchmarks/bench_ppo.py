@@ -15,18 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import lightning as L
 import torch
-
-HERE = Path(__file__).resolve().parent
+from _reference import run_reference
 
 
 class RoundTimer(L.Callback):
@@ -129,20 +124,7 @@ def ours_solve(seed: int = 0, max_frames: int = 300_000) -> dict[str, float | No
 
 
 def reference(args: list[str]) -> dict | None:
-    venv = Path(os.environ.get("IMITATION_VENV", "/work/imitation-venv"))
-    python = venv / "bin" / "python"
-    if not python.exists():
-        return None
-    out = subprocess.run(
-        [str(python), str(HERE / "reference" / "sb3_ppo.py"), *args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        print("SB3 reference failed:", out.stderr[-1500:], file=sys.stderr)
-        return None
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_reference("sb3_ppo.py", *args)
 
 
 def main() -> None:

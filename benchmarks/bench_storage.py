@@ -12,17 +12,13 @@ transitions) were measured on this machine with the same data size.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from _reference import run_reference
 
 IMITATION_SAVE_S = 5.7
 IMITATION_LOAD_FLATTEN_S = 6.5
@@ -76,20 +72,7 @@ def dir_size(path: Path) -> int:
 
 def imitation_reference(transitions: int, repeats: int) -> dict | None:
     """imitation's save and load+flatten times from the reference venv, if it exists."""
-    venv = Path(os.environ.get("IMITATION_VENV", "/work/imitation-venv"))
-    python, script = venv / "bin" / "python", HERE / "reference" / "imitation_storage.py"
-    if not python.exists() or not script.exists():
-        return None
-    out = subprocess.run(
-        [str(python), str(script), "--transitions", str(transitions), "--repeats", str(repeats)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        print("imitation reference failed:", out.stderr[-1500:], file=sys.stderr)
-        return None
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_reference("imitation_storage.py", "--transitions", transitions, "--repeats", repeats)
 
 
 def main() -> None:

@@ -63,6 +63,19 @@ def evaluate_policy(
     return stats
 
 
+def evaluate_module(module, n_episodes: int = 20) -> dict[str, float]:
+    """Deterministic evaluation of a training module's exported policy.
+
+    ``module`` is any tdimitation algorithm (``export_policy()``, ``make_env(num_envs,
+    seed)``, ``seed``); the env is fresh, seeded apart from training, and closed after.
+    """
+    env = module.make_env(num_envs=min(n_episodes, 8), seed=10_000 + (module.seed or 0))
+    try:
+        return evaluate_policy(module.export_policy(), env, n_episodes, deterministic=True)
+    finally:
+        env.close()
+
+
 def _headless_rendering() -> None:
     # rgb_array rendering needs no display; without one, SDL (pygame) prints an
     # XDG_RUNTIME_DIR error unless told to use its dummy video driver.

@@ -27,6 +27,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from tdimitation.callbacks import PeriodicCheckpoint
 from tdimitation.errors import TdimitationError
+from tdimitation.evaluation import evaluate_module
 from tdimitation.tracking import browse_hint, data_dir, make_mlflow_logger, tracking_uri
 from tdimitation.utils import configure_threads
 
@@ -65,20 +66,6 @@ class _FitCLI(LightningCLI):
         )
 
 
-def evaluate_trained(model: L.LightningModule, episodes: int) -> dict[str, float]:
-    """Deterministic evaluation of the model's exported policy on a fresh env."""
-    from tdimitation.data import rollout, rollout_stats
-
-    env = model.make_env(num_envs=min(episodes, 8), seed=10_000 + (model.seed or 0))
-    try:
-        trajectories = rollout(
-            model.export_policy(), env, min_episodes=episodes, deterministic=True
-        )
-    finally:
-        env.close()
-    return rollout_stats(trajectories)
-
-
 def fit_main(argv: list[str] | None = None) -> int:
     """Run ``tdimitation fit``; returns the process exit status."""
     configure_threads()
@@ -89,20 +76,23 @@ def fit_main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     # Lightning 2.6 under torch 2.13 warns about its own pytree use once per fit.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    # Check a checkpoint to resume before building anything (the check repeats in _run for
-    # a ckpt_path given inside a config file).
+    # Check a checkpoint to resume before building anything; _run checks one given inside
+    # a config file instead (each file is read once: it can hold large replay buffers).
+    checked: set[str] = set()
     for i, arg in enumerate(argv):
-        if arg == "--ckpt_path" and i + 1 < len(argv):
-            check_checkpoint(argv[i + 1])
-        elif arg.startswith("--ckpt_path="):
-            check_checkpoint(arg.split("=", 1)[1])
+        path = argv[i + 1] if arg == "--ckpt_path" and i + 1 < len(argv) else None
+        if arg.startswith("--ckpt_path="):
+            path = arg.split("=", 1)[1]
+        if path is not None:
+            check_checkpoint(path)
+            checked.add(path)
     # LightningCLI warns when sys.argv also holds arguments; ours are passed explicitly.
     saved_argv, sys.argv = sys.argv, sys.argv[:1]
     try:
         cli = _make_cli(argv)
     finally:
         sys.argv = saved_argv
-    return _run(cli)
+    return _run(cli, checked)
 
 
 def _make_cli(argv: list[str]) -> _FitCLI:
@@ -144,9 +134,9 @@ def check_checkpoint(path: str | os.PathLike) -> None:
         )
 
 
-def _run(cli: _FitCLI) -> int:
+def _run(cli: _FitCLI, checked: set[str]) -> int:
     config = cli.config
-    if config.ckpt_path:
+    if config.ckpt_path and config.ckpt_path not in checked:
         check_checkpoint(config.ckpt_path)
     run_cfg = config.run
     model, trainer = cli.model, cli.trainer
@@ -171,7 +161,7 @@ def _run(cli: _FitCLI) -> int:
     experiment_client, run_id = logger.experiment, logger.run_id
     metrics: dict[str, Any] = {"time/fit_seconds": elapsed}
     if run_cfg.eval_episodes > 0 and hasattr(model, "export_policy"):
-        stats = evaluate_trained(model, run_cfg.eval_episodes)
+        stats = evaluate_module(model, run_cfg.eval_episodes)
         metrics |= {f"eval/{k}": v for k, v in stats.items()}
         print(
             f"evaluation over {int(stats['n_traj'])} episodes: return "

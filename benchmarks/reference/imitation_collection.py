@@ -80,8 +80,12 @@ def bench_imitation(policy, venv, n_transitions: int, repeats: int) -> dict:
         elapsed, n = time_rollout(policy, venv, n_transitions, seed=r)
         rates.append(n / elapsed)
         counts.append(n)
-    return {"median": statistics.median(rates), "best": max(rates), "rates": rates,
-            "transitions": counts}
+    return {
+        "median": statistics.median(rates),
+        "best": max(rates),
+        "rates": rates,
+        "transitions": counts,
+    }
 
 
 def bench_gym_sync(n_envs: int, n_transitions: int, repeats: int, seed: int = 0) -> dict:
@@ -128,8 +132,11 @@ def main() -> None:
     venv = make_imitation_venv(args.n_envs, seed=0)
 
     scripted = bench_imitation(scripted_expert, venv, args.transitions, args.repeats)
-    print(f"imitation rollout, scripted expert: {scripted['median']:,.0f} transitions/s "
-          f"(repeats {[round(r) for r in scripted['rates']]})", flush=True)
+    print(
+        f"imitation rollout, scripted expert: {scripted['median']:,.0f} transitions/s "
+        f"(repeats {[round(r) for r in scripted['rates']]})",
+        flush=True,
+    )
 
     model = PPO(
         "MlpPolicy",
@@ -140,14 +147,20 @@ def main() -> None:
         verbose=0,
     )
     mlp = bench_imitation(model, venv, args.transitions, args.repeats)
-    print(f"imitation rollout, SB3 PPO MlpPolicy (stochastic): {mlp['median']:,.0f} "
-          f"transitions/s (repeats {[round(r) for r in mlp['rates']]})", flush=True)
+    print(
+        f"imitation rollout, SB3 PPO MlpPolicy (stochastic): {mlp['median']:,.0f} "
+        f"transitions/s (repeats {[round(r) for r in mlp['rates']]})",
+        flush=True,
+    )
     venv.close()
 
     ceiling = bench_gym_sync(args.n_envs, args.transitions, args.repeats)
     if ceiling["median"] is not None:
-        print(f"gymnasium SyncVectorEnv, random actions: {ceiling['median']:,.0f} "
-              f"transitions/s (repeats {[round(r) for r in ceiling['rates']]})", flush=True)
+        print(
+            f"gymnasium SyncVectorEnv, random actions: {ceiling['median']:,.0f} "
+            f"transitions/s (repeats {[round(r) for r in ceiling['rates']]})",
+            flush=True,
+        )
 
     result = {
         "imitation_scripted": scripted["median"],

@@ -123,12 +123,17 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"imitation serialize.save: {statistics.median(save_s):.2f} s "
-          f"(repeats {[round(s, 2) for s in save_s]}); {size / 2**20:.1f} MiB on disk", flush=True)
-    print(f"imitation serialize.load + flatten_trajectories_with_rew: "
-          f"{statistics.median(total_s):.2f} s (repeats {[round(s, 2) for s in total_s]}; "
-          f"load {statistics.median(load_s):.3f} s, flatten {statistics.median(flatten_s):.2f} s)",
-          flush=True)
+    print(
+        f"imitation serialize.save: {statistics.median(save_s):.2f} s "
+        f"(repeats {[round(s, 2) for s in save_s]}); {size / 2**20:.1f} MiB on disk",
+        flush=True,
+    )
+    print(
+        f"imitation serialize.load + flatten_trajectories_with_rew: "
+        f"{statistics.median(total_s):.2f} s (repeats {[round(s, 2) for s in total_s]}; "
+        f"load {statistics.median(load_s):.3f} s, flatten {statistics.median(flatten_s):.2f} s)",
+        flush=True,
+    )
     result = {
         "imitation_save_s": statistics.median(save_s),
         "imitation_load_flatten_s": statistics.median(total_s),

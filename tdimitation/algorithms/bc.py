@@ -13,7 +13,7 @@ import torch
 from tensordict import TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
 
-from tdimitation.data.trajectory import check_matches_env, check_trajectories, rollout_stats
+from tdimitation.data.trajectory import check_matches_env, check_trajectories
 from tdimitation.envs import make_env
 from tdimitation.errors import TrajectoryError
 from tdimitation.objectives.bc import BCLoss
@@ -323,22 +323,9 @@ class BC(L.LightningModule):
 
     def evaluate(self, episodes: int | None = None) -> dict[str, float]:
         """Deterministic evaluation of the current policy (return and length statistics)."""
-        from tdimitation.data.rollout import rollout
+        from tdimitation.evaluation import evaluate_module
 
-        episodes = episodes or self.hparams.eval_episodes
-        env = make_env(
-            self.hparams.env_id,
-            num_envs=min(episodes, 8),
-            seed=10_000 + self.hparams.seed,
-            env_kwargs=self.hparams.env_kwargs,
-            fixed_horizon=self.hparams.fixed_horizon,
-        )
-        try:
-            return rollout_stats(
-                rollout(self.policy, env, min_episodes=episodes, deterministic=True)
-            )
-        finally:
-            env.close()
+        return evaluate_module(self, episodes or self.hparams.eval_episodes)
 
     # ------------------------------------------------------------ interfaces
     def export_policy(self):

@@ -41,14 +41,30 @@ class MLPActor(TensorDictModuleBase):
     """Base of the MLP actors: observation normalisation and the saved ``config``.
 
     Args:
-        config: constructor arguments (primitives), stored in saved policy files.
         obs_dim: observation width.
+        hidden_sizes: hidden layer widths.
+        activation: activation name.
         normalize_observations: keep a :class:`RunningNorm` of the observations.
+        **specific: the subclass's other constructor arguments (primitives).
     """
 
-    def __init__(self, config: dict, obs_dim: int, normalize_observations: bool) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        hidden_sizes: Sequence[int],
+        activation: str,
+        normalize_observations: bool,
+        **specific,
+    ) -> None:
         super().__init__()
-        self.config = dict(config)
+        # Constructor arguments, stored in saved policy files (cls(**config) rebuilds).
+        self.config = {
+            "obs_dim": int(obs_dim),
+            **specific,
+            "hidden_sizes": [int(h) for h in hidden_sizes],
+            "activation": activation,
+            "normalize_observations": bool(normalize_observations),
+        }
         self.obs_norm = RunningNorm(obs_dim, clip=10.0) if normalize_observations else None
         self.in_keys = ["observation"]
 
@@ -80,14 +96,13 @@ class CategoricalActor(MLPActor):
         activation: str = "tanh",
         normalize_observations: bool = False,
     ) -> None:
-        config = {
-            "obs_dim": int(obs_dim),
-            "n_actions": int(n_actions),
-            "hidden_sizes": [int(h) for h in hidden_sizes],
-            "activation": activation,
-            "normalize_observations": bool(normalize_observations),
-        }
-        super().__init__(config, obs_dim, normalize_observations)
+        super().__init__(
+            obs_dim,
+            hidden_sizes,
+            activation,
+            normalize_observations,
+            n_actions=int(n_actions),
+        )
         self.net = build_mlp(obs_dim, n_actions, hidden_sizes, activation, output_gain=0.01)
         self.out_keys = ["action", "action_log_prob"]
         self._noise_cache: torch.Tensor | None = None
@@ -165,17 +180,16 @@ class GaussianActor(MLPActor):
         log_std_init: float = 0.0,
         normalize_observations: bool = False,
     ) -> None:
-        config = {
-            "obs_dim": int(obs_dim),
-            "action_dim": int(action_dim),
-            "low": None if low is None else [float(x) for x in low],
-            "high": None if high is None else [float(x) for x in high],
-            "hidden_sizes": [int(h) for h in hidden_sizes],
-            "activation": activation,
-            "log_std_init": float(log_std_init),
-            "normalize_observations": bool(normalize_observations),
-        }
-        super().__init__(config, obs_dim, normalize_observations)
+        super().__init__(
+            obs_dim,
+            hidden_sizes,
+            activation,
+            normalize_observations,
+            action_dim=int(action_dim),
+            low=None if low is None else [float(x) for x in low],
+            high=None if high is None else [float(x) for x in high],
+            log_std_init=float(log_std_init),
+        )
         self.net = build_mlp(obs_dim, action_dim, hidden_sizes, activation, output_gain=0.01)
         self.log_std = nn.Parameter(torch.full((action_dim,), float(log_std_init)))
         bounds = low is not None and high is not None
@@ -254,16 +268,15 @@ class TanhNormalActor(MLPActor):
         activation: str = "relu",
         normalize_observations: bool = False,
     ) -> None:
-        config = {
-            "obs_dim": int(obs_dim),
-            "action_dim": int(action_dim),
-            "low": [float(x) for x in low],
-            "high": [float(x) for x in high],
-            "hidden_sizes": [int(h) for h in hidden_sizes],
-            "activation": activation,
-            "normalize_observations": bool(normalize_observations),
-        }
-        super().__init__(config, obs_dim, normalize_observations)
+        super().__init__(
+            obs_dim,
+            hidden_sizes,
+            activation,
+            normalize_observations,
+            action_dim=int(action_dim),
+            low=[float(x) for x in low],
+            high=[float(x) for x in high],
+        )
         layers: list[nn.Module] = []
         width = obs_dim
         for size in hidden_sizes:
@@ -344,14 +357,13 @@ class QValueActor(MLPActor):
         epsilon: float = 0.0,
         normalize_observations: bool = False,
     ) -> None:
-        config = {
-            "obs_dim": int(obs_dim),
-            "n_actions": int(n_actions),
-            "hidden_sizes": [int(h) for h in hidden_sizes],
-            "activation": activation,
-            "normalize_observations": bool(normalize_observations),
-        }
-        super().__init__(config, obs_dim, normalize_observations)
+        super().__init__(
+            obs_dim,
+            hidden_sizes,
+            activation,
+            normalize_observations,
+            n_actions=int(n_actions),
+        )
         self.net = build_mlp(obs_dim, n_actions, hidden_sizes, activation)
         self.register_buffer("epsilon", torch.tensor(float(epsilon)))
         self.out_keys = ["action", "action_value", "chosen_action_value"]
