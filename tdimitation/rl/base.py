@@ -57,7 +57,14 @@ TRANSITION_KEYS: tuple = (
     ("next", "observation"),
     ("next", "reward"),
     ("next", "terminated"),
+    # Not used by the RL losses; learned rewards (AIRL's shaping) read it when relabelling.
+    ("next", "done"),
 )
+
+
+def plain_backward(loss: torch.Tensor) -> None:
+    """The default ``backward`` of the generator interface (``update``) outside a Trainer."""
+    loss.backward()
 
 
 def _identity(batch):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -18,7 +18,7 @@ from tdimitation.policies.actors import (
     observation_width,
 )
 from tdimitation.policies.critics import ValueCritic
-from tdimitation.rl.base import OnlineAlgorithm
+from tdimitation.rl.base import OnlineAlgorithm, plain_backward
 
 
 class PPO(OnlineAlgorithm):
@@ -141,8 +141,15 @@ class PPO(OnlineAlgorithm):
         return torch.optim.Adam(params, lr=self.hparams.learning_rate, eps=1e-5, fused=True)
 
     @torch.no_grad()
-    def advantages(self, batch: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
-        """GAE advantages and value targets ``[N, T, 1]`` for a ``[N, T]`` round batch."""
+    def advantages(
+        self,
+        batch: TensorDictBase,
+        reward_fn: Callable[[TensorDictBase], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """GAE advantages and value targets ``[N, T, 1]`` for a ``[N, T]`` round batch.
+
+        Rewards are the batch's ``("next", "reward")``, or ``reward_fn(batch)`` when given.
+        """
         steps = batch.shape[1]
         observations = torch.cat([batch["observation"], batch["next", "observation"]], dim=1)
         values = self.critic.value(observations)
@@ -152,18 +159,35 @@ class PPO(OnlineAlgorithm):
             self.hparams.gae_lambda,
             value,
             next_value,
-            batch["next", "reward"],
+            batch["next", "reward"] if reward_fn is None else reward_fn(batch),
             batch["next", "done"],
             batch["next", "terminated"],
         )
 
     def training_round(self, batch: TensorDictBase) -> None:
+        metrics = self.update(batch, self.optimizers(), self.manual_backward)
+        self.log_round(batch, metrics)
+
+    def update(
+        self,
+        batch: TensorDictBase,
+        optimizer: torch.optim.Optimizer,
+        backward: Callable[[torch.Tensor], None] | None = None,
+        reward_fn: Callable[[TensorDictBase], torch.Tensor] | None = None,
+    ) -> dict[str, float]:
+        """PPO's updates on one collected ``[N, T]`` round batch; returns the round's metrics.
+
+        This is the generator interface adversarial and preference algorithms call (they own
+        the Trainer): ``backward`` defaults to ``loss.backward()`` (pass the Lightning
+        module's ``manual_backward`` for precision plugins), and ``reward_fn``, when given,
+        maps the batch to the rewards ``[N, T, 1]`` PPO trains on instead of the env's.
+        """
         hp = self.hparams
-        optimizer = self.optimizers()
+        backward = backward or plain_backward
         if hp.lr_schedule == "linear":
             for group in optimizer.param_groups:
                 group["lr"] = hp.learning_rate * max(1.0 - self.frames / self.total_frames, 0.0)
-        advantage, value_target = self.advantages(batch)
+        advantage, value_target = self.advantages(batch, reward_fn)
         n = batch.numel()
         obs = batch["observation"].reshape(n, -1)
         action = batch["action"].reshape(n, *batch["action"].shape[2:])
@@ -188,7 +212,7 @@ class PPO(OnlineAlgorithm):
                 if "loss_entropy" in out:
                     loss = loss + out["loss_entropy"]
                 optimizer.zero_grad(set_to_none=True)
-                self.manual_backward(loss)
+                backward(loss)
                 if hp.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm, foreach=True)
                 optimizer.step()
@@ -212,7 +236,7 @@ class PPO(OnlineAlgorithm):
         )
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         metrics["updates"] = float(updates)
-        self.log_round(batch, metrics)
+        return metrics
 
 
 @torch.no_grad()

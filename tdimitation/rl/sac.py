@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +49,7 @@ from tdimitation.policies.actors import (
     is_deterministic,
     observation_width,
 )
-from tdimitation.rl.base import OnlineAlgorithm
+from tdimitation.rl.base import OnlineAlgorithm, plain_backward
 
 __all__ = [
     "SAC",
@@ -684,11 +684,33 @@ class SAC(OnlineAlgorithm):
         return {"replay": self.buffer}
 
     def training_round(self, batch: TensorDictBase) -> None:
+        metrics = self.update(batch, self.optimizers(), self.manual_backward)
+        self.log_round(batch, metrics)
+        self._policy.explore_randomly = self.frames < self.learning_starts
+
+    def update(
+        self,
+        batch: TensorDictBase,
+        optimizer: torch.optim.Optimizer,
+        backward: Callable[[torch.Tensor], None] | None = None,
+        reward_fn: Callable[[TensorDictBase], torch.Tensor] | None = None,
+    ) -> dict[str, float]:
+        """Store one collected round and run its gradient steps; returns the round's metrics.
+
+        This is the generator interface adversarial and preference algorithms call (they own
+        the Trainer): ``backward`` defaults to ``loss.backward()`` (pass the Lightning
+        module's ``manual_backward`` for precision plugins). ``reward_fn``, when given, maps
+        each sampled minibatch of transitions (``TRANSITION_KEYS``) to the rewards ``[B, 1]``
+        SAC trains on, so replayed transitions always carry the current learned reward.
+        Gradient steps start once ``self.frames`` plus this round reach ``learning_starts``.
+        """
         self.store_transitions(self.buffer, batch)
         metrics: dict[str, float] = {}
         if self.frames + batch.numel() >= self.learning_starts:
             start = time.perf_counter()
-            metrics = self._gradient_steps(self.gradient_steps)
+            metrics = self._gradient_steps(
+                self.gradient_steps, optimizer, backward or plain_backward, reward_fn
+            )
             metrics["update_seconds"] = time.perf_counter() - start
             self.update_seconds += metrics["update_seconds"]
         if self.actor.obs_norm is not None:
@@ -697,11 +719,15 @@ class SAC(OnlineAlgorithm):
             obs = batch.get("observation")
             self.actor.obs_norm.update(obs.reshape(-1, obs.shape[-1]).to(self.device))
         metrics["buffer_size"] = float(len(self.buffer))
-        self.log_round(batch, metrics)
-        self._policy.explore_randomly = self.frames < self.learning_starts
+        return metrics
 
-    def _gradient_steps(self, n_steps: int) -> dict[str, float]:
-        opt = self.optimizers()
+    def _gradient_steps(
+        self,
+        n_steps: int,
+        opt: torch.optim.Optimizer,
+        backward: Callable[[torch.Tensor], None],
+        reward_fn: Callable[[TensorDictBase], torch.Tensor] | None,
+    ) -> dict[str, float]:
         device = self.device
         keys = self.loss.tensor_keys
         # Minibatches are drawn in blocks: one buffer gather and one device copy per block
@@ -712,6 +738,9 @@ class SAC(OnlineAlgorithm):
         while done_steps < n_steps:
             k = min(block, n_steps - done_steps)
             data = self.buffer.sample(k * self.batch_size).to(device)
+            if reward_fn is not None:
+                # One relabelling call per block (the reward is fixed during a round).
+                data.set(("next", keys.reward), reward_fn(data).reshape(-1, 1))
             leaves = [
                 data.get(key).reshape(k, self.batch_size, *data.get(key).shape[1:])
                 for key in (
@@ -726,7 +755,7 @@ class SAC(OnlineAlgorithm):
                 out = self.loss.compute(*(leaf[i] for leaf in leaves))
                 total = out["loss_actor"] + out["loss_qvalue"] + out["loss_alpha"]
                 opt.zero_grad(set_to_none=True)
-                self.manual_backward(total)
+                backward(total)
                 opt.step()
                 self.loss.update_target_networks(self.tau)
                 stats.append(

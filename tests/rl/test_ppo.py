@@ -15,6 +15,7 @@ from torchrl.modules import ProbabilisticActor, ValueOperator
 from torchrl.objectives import ClipPPOLoss
 
 from tdimitation.data import rollout, rollout_stats
+from tdimitation.data.collector import VecCollector
 from tdimitation.envs import make_env
 from tdimitation.objectives import PPOClipLoss
 from tdimitation.policies import CategoricalActor, load_policy
@@ -116,6 +117,40 @@ def test_gae_bootstraps_through_truncation_not_termination():
     assert target_trunc[0, 1, 0].item() == pytest.approx(2.0)
     # first step: 1 + 0.5 * target of the next step (lambda = 1)
     assert target_term[0, 0, 0].item() == pytest.approx(1.5)
+    # A reward_fn replaces the env's reward (the generator interface of GAIL/AIRL).
+    _, relabelled = model.advantages(batch(True), reward_fn=lambda td: 3 * td["next", "reward"])
+    assert relabelled[0, 1, 0].item() == pytest.approx(3.0)
+    assert relabelled[0, 0, 0].item() == pytest.approx(4.5)
+
+
+def test_update_outside_a_trainer_trains_on_the_given_reward():
+    """The generator interface: update() runs without a Trainer and uses reward_fn."""
+    torch.manual_seed(0)
+    model = PPO(env_id="CartPole-v1", num_envs=2, n_steps=32, total_frames=64, batch_size=16)
+    env = model.make_env()
+    collector = VecCollector(env, model.actor, frames_per_batch=64, total_frames=64)
+    batch = collector.rollout()
+    optimizer = model.configure_optimizers()
+    before = [p.detach().clone() for p in model.critic.parameters()]
+    seen = []
+
+    def reward_fn(td):
+        seen.append(td.shape)
+        return torch.full_like(td["next", "reward"], -1.0)
+
+    metrics = model.update(batch, optimizer, reward_fn=reward_fn)
+    assert seen == [torch.Size([2, 32])]
+    assert metrics["updates"] == 4 * model.hparams.n_epochs
+    after = list(model.critic.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    # The critic moved towards the relabelled (negative) returns, not the env's (+1 a step).
+    values = model.critic.value(batch["observation"].reshape(-1, 4))
+    before_model = PPO(env_id="CartPole-v1", num_envs=2, n_steps=32, total_frames=64)
+    with torch.no_grad():
+        for p, b in zip(before_model.critic.parameters(), before, strict=True):
+            p.copy_(b)
+    assert values.mean() < before_model.critic.value(batch["observation"].reshape(-1, 4)).mean()
+    collector.shutdown()
 
 
 def test_ppo_learns_cartpole_quickly():

@@ -364,6 +364,7 @@ def test_buffer_keeps_fixed_keys_and_caps_at_capacity():
         ("next", "observation"),
         ("next", "reward"),
         ("next", "terminated"),
+        ("next", "done"),
     }
     # a ring buffer: frames 960..1023 (the last round, env-major) sit at rows 60..123
     newest = last.batch.reshape(-1)
