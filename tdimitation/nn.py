@@ -126,3 +126,131 @@ class RunningNorm(nn.Module):
         if self.clip is not None:
             out = out.clamp(-self.clip, self.clip)
         return out
+
+
+class EMANorm(nn.Module):
+    """Normalise inputs by exponentially weighted moving mean and variance.
+
+    Same interface as :class:`RunningNorm` (``update(x)``, ``forward(x)``, buffers
+    ``mean``/``var``/``count``), but recent batches weigh more, so the statistics follow a
+    drifting input (a reward net's output while it trains). Update rule for a batch with
+    mean ``m_b`` and population variance ``v_b``, with ``w = 1 - decay``:
+
+    * first batch (``count == 0``): ``mean = m_b``, ``var = v_b``;
+    * later batches: ``delta = m_b - mean``; ``mean += w * delta``;
+      ``var = decay * (var + w * delta**2) + w * v_b``.
+
+    That is the mean and variance of a mixture putting weight ``decay`` on the old
+    statistics and ``w`` on the batch. ``count`` counts the samples seen. With
+    ``decay=0.5``, batches ``[1, 3]`` then ``[5, 7, 9]`` give mean 4.5 and variance
+    97/12 (8.0833).
+
+    Args:
+        shape: shape of one input (without the batch dimension); ``()`` for scalars.
+        decay: weight of the old statistics at each update, in (0, 1).
+        eps: added to the variance before the square root.
+        clip: optional bound on the normalised values.
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int] | int,
+        decay: float = 0.99,
+        eps: float = 1e-8,
+        clip: float | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < float(decay) < 1.0:
+            raise ValueError(
+                f"EMANorm decay must be in (0, 1), got {decay}; 0.99 averages over about "
+                "the last 100 batches"
+            )
+        shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+        self.decay = float(decay)
+        self.eps = float(eps)
+        self.clip = clip
+        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """Fold a batch of inputs into the moving statistics (rule in the class docstring)."""
+        batch = x.reshape(-1, *self.mean.shape).to(torch.float64)
+        n = batch.shape[0]
+        if n == 0:
+            return
+        batch_mean = batch.mean(0)
+        batch_var = batch.var(0, correction=0)
+        if self.count.item() == 0:
+            # Averaging with the placeholder statistics (0, 1) would bias the first updates.
+            self.mean.copy_(batch_mean)
+            self.var.copy_(batch_var)
+        else:
+            w = 1.0 - self.decay
+            delta = batch_mean - self.mean
+            self.mean += w * delta
+            self.var.copy_(self.decay * (self.var + w * delta.pow(2)) + w * batch_var)
+        self.count += n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = self.mean.to(x.dtype)
+        std = (self.var + self.eps).sqrt().to(x.dtype)
+        out = (x - mean) / std
+        if self.clip is not None:
+            out = out.clamp(-self.clip, self.clip)
+        return out
+
+
+def build_cnn(
+    in_channels: int,
+    hidden_channels: Sequence[int] = (32, 64, 64),
+    kernel_sizes: Sequence[int] = (8, 4, 3),
+    strides: Sequence[int] = (4, 2, 1),
+    activation: str = "relu",
+) -> nn.Sequential:
+    """A convolutional feature extractor: (Conv2d, activation) per layer, then Flatten.
+
+    The defaults are the Nature-DQN stack, meant for images of about 84x84; smaller images
+    need smaller kernels and strides. Input ``[B, C, H, W]`` (float), output ``[B, F]``;
+    :func:`cnn_output_width` gives ``F`` for an image size.
+
+    Args:
+        in_channels: channels of the input images.
+        hidden_channels: output channels of each conv layer.
+        kernel_sizes: kernel size of each conv layer.
+        strides: stride of each conv layer.
+        activation: name in :data:`ACTIVATIONS`.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+    if not (len(hidden_channels) == len(kernel_sizes) == len(strides)) or not hidden_channels:
+        raise ValueError(
+            "build_cnn needs one kernel size and one stride per conv layer, got "
+            f"hidden_channels={list(hidden_channels)}, kernel_sizes={list(kernel_sizes)}, "
+            f"strides={list(strides)}"
+        )
+    layers: list[nn.Module] = []
+    channels = int(in_channels)
+    for out, kernel, stride in zip(hidden_channels, kernel_sizes, strides, strict=True):
+        conv = nn.Conv2d(channels, int(out), int(kernel), int(stride))
+        layers += [conv, ACTIVATIONS[activation]()]
+        channels = int(out)
+    layers.append(nn.Flatten())
+    return nn.Sequential(*layers)
+
+
+def cnn_output_width(cnn: nn.Module, image_shape: Sequence[int]) -> int:
+    """Width of ``cnn``'s flat output for one ``(C, H, W)`` image.
+
+    Raises a ``ValueError`` naming the image shape when it is too small for the conv stack.
+    """
+    try:
+        with torch.no_grad():
+            out = cnn(torch.zeros((1, *(int(s) for s in image_shape))))
+    except RuntimeError as err:
+        raise ValueError(
+            f"images of shape (C, H, W) = {tuple(image_shape)} are too small for this conv "
+            f"stack ({err}); use smaller kernel_sizes/strides"
+        ) from None
+    return int(out.shape[-1])

@@ -7,6 +7,7 @@ from tdimitation.envs.fixed_horizon import (
     register_fixed_horizon_envs,
 )
 from tdimitation.envs.gym_vec import GymVecEnv
+from tdimitation.envs.reward_replacement import RewardReplacement
 from tdimitation.envs.specs import space_to_spec
 
 register_fixed_horizon_envs()
@@ -14,6 +15,7 @@ register_fixed_horizon_envs()
 __all__ = [
     "make_env",
     "GymVecEnv",
+    "RewardReplacement",
     "FixedHorizon",
     "FIXED_HORIZON_ENVS",
     "register_fixed_horizon_envs",
