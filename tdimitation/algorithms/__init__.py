@@ -1,9 +1,13 @@
 """Imitation and reward-learning algorithms as LightningModules."""
 
+from tdimitation.algorithms.adversarial import AIRL, GAIL, AdversarialImitation
 from tdimitation.algorithms.bc import BC, DemonstrationData
 from tdimitation.algorithms.dagger import DAgger, MixturePolicy, exponential_beta, linear_beta
 
 __all__ = [
+    "AIRL",
+    "GAIL",
+    "AdversarialImitation",
     "BC",
     "DemonstrationData",
     "DAgger",

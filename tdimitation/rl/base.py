@@ -186,6 +186,13 @@ class OnlineAlgorithm(L.LightningModule):
         """The trained policy saved with checkpoints (default: the collection policy)."""
         return self.collection_policy()
 
+    def sync_frames(self, frames: int) -> None:
+        """Set the frame counter when another algorithm drives this one as a component.
+
+        Schedules that depend on frames (learning-rate decay, SAC's warm-up) read it.
+        """
+        self.frames = int(frames)
+
     # ------------------------------------------------------------------- data
     def train_dataloader(self) -> DataLoader:
         remaining = self.total_frames - self.frames

@@ -671,6 +671,10 @@ class SAC(OnlineAlgorithm):
     def export_policy(self) -> TensorDictModuleBase:
         return self.actor
 
+    def sync_frames(self, frames: int) -> None:
+        super().sync_frames(frames)
+        self._policy.explore_randomly = self.frames < self.learning_starts
+
     # ---------------------------------------------------------------- training
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # One group: the three losses touch disjoint parameters, so this is three Adams in
