@@ -87,8 +87,8 @@ def algorithm_class(algo: str):
 class RoundLog(L.Callback):
     """Per-round timings, and optionally a deterministic evaluation after each round."""
 
-    def __init__(self, evaluate: bool = False, target: float = 475.0, episodes: int = 20):
-        self.evaluate, self.target, self.episodes = evaluate, target, episodes
+    def __init__(self, evaluate_every: int = 0, target: float = 475.0, episodes: int = 20) -> None:
+        self.evaluate_every, self.target, self.episodes = evaluate_every, target, episodes
         self.rounds: list[dict] = []
         self.train_seconds = 0.0
         self.first_target: dict | None = None
@@ -110,7 +110,8 @@ class RoundLog(L.Callback):
             "gen_update_s": float(metrics["train/time/gen_update_s"]),
             "train_seconds": self.train_seconds,
         }
-        if self.evaluate:
+        last = pl_module.frames + pl_module.frames_per_batch > pl_module.total_frames
+        if self.evaluate_every and (batch_idx % self.evaluate_every == 0 or last):
             row["eval_return"] = self._evaluate(pl_module)
             if self.first_target is None and row["eval_return"] >= self.target:
                 self.first_target = {"frames": row["frames"], "seconds": self.train_seconds}
@@ -165,13 +166,13 @@ def speed(algo: str, rounds: int, demos) -> dict:
     }
 
 
-def quality(algo: str, seed: int, demos) -> dict:
+def quality(algo: str, seed: int, demos, evaluate_every: int) -> dict:
     config = yaml.safe_load((RECIPES / algo / "cartpole_fixed.yaml").read_text())
     init_args = dict(config["model"]["init_args"])
     init_args["seed"] = seed
     init_args.pop("env_id")
     model = algorithm_class(algo)(ENV_ID, demonstrations=demos, **init_args)
-    log = RoundLog(evaluate=True)
+    log = RoundLog(evaluate_every=evaluate_every)
     fit(model, log)
     return {
         "library": "tdimitation",
@@ -181,7 +182,9 @@ def quality(algo: str, seed: int, demos) -> dict:
         "final_eval_return": log.rounds[-1]["eval_return"],
         "train_seconds": log.train_seconds,
         "frames": model.frames,
-        "returns": [round(r["eval_return"], 1) for r in log.rounds],
+        "returns": [
+            (r["frames"], round(r["eval_return"], 1)) for r in log.rounds if "eval_return" in r
+        ],
     }
 
 
@@ -191,6 +194,7 @@ def main() -> None:
     parser.add_argument("--algos", nargs="+", default=["gail", "airl"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=6, help="timed rounds (speed mode)")
+    parser.add_argument("--eval-every", type=int, default=2, help="rounds between evaluations")
     parser.add_argument("--skip-reference", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -211,7 +215,8 @@ def main() -> None:
                 print(json.dumps({"library": "imitation", "algo": algo, **(reference or {})}))
         else:
             for seed in args.seeds:
-                print(json.dumps(quality(algo, seed, demos)), flush=True)
+                result = quality(algo, seed, demos, args.eval_every)
+                print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -23,3 +23,8 @@ def test_recipe_builds(recipe, monkeypatch):
     assert hasattr(cli.model, "export_policy")
     if "data" in cli.config and cli.config.data is not None:
         assert cli.datamodule is not None
+    if hasattr(cli.model, "generator"):
+        # The generator records its own hyperparameters, not the CLI's for the outer module.
+        assert "env_id" in cli.model.generator.hparams
+        assert "demo_batch_size" not in cli.model.generator.hparams
+        cli.model.configure_optimizers()

@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 import torch
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from tensordict import TensorDictBase
 from torch.utils.data import DataLoader
 
@@ -123,8 +124,9 @@ class AdversarialImitation(OnlineAlgorithm):
                 f"generator_kwargs may not set {sorted(clash)}: they are this module's own "
                 "arguments and the generator shares them"
             )
-        gen = GENERATORS[generator](
-            env_id,
+        gen = _build_generator(
+            GENERATORS[generator],
+            env_id=env_id,
             num_envs=num_envs,
             total_frames=total_frames,
             seed=seed,
@@ -395,6 +397,22 @@ class AIRL(AdversarialImitation):
     def learned_reward(self) -> RewardNet:
         """The unshaped reward network (AIRL's test-time reward)."""
         return self.reward_net.base
+
+
+def _build_generator(cls: type[OnlineAlgorithm], **kwargs: Any) -> OnlineAlgorithm:
+    """Build the generator so that it records only its own hyperparameters.
+
+    Two Lightning behaviours would otherwise leak the outer module's arguments into the
+    generator's ``hparams``: LightningCLI hands the hyperparameters it instantiates the
+    outer class with to every ``save_hyperparameters()`` call in its context, and
+    ``save_hyperparameters`` collects the arguments of every enclosing ``__init__`` frame
+    (this plain function's frame ends that walk).
+    """
+    token = _given_hyperparameters.set(None)
+    try:
+        return cls(**kwargs)
+    finally:
+        _given_hyperparameters.reset(token)
 
 
 def _episode_lengths(trajectories: TensorDictBase) -> torch.Tensor:
