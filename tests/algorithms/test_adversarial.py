@@ -108,6 +108,22 @@ def test_discriminator_metrics_for_a_constant_logit():
     assert torch.allclose(reward, torch.full((3, 1), -math.log(1 - p)))
 
 
+def test_logit_generator_rewards():
+    logit_loss = DiscriminatorLoss(constant_reward_net(2.0), generator_reward_type="logit")
+    assert torch.allclose(logit_loss.generator_reward(transitions(3, 2)), torch.full((3, 1), 2.0))
+    with pytest.raises(ValueError, match="softplus.*logit"):
+        DiscriminatorLoss(constant_reward_net(2.0), generator_reward_type="f")
+    env = make_env("CartPole-v1", num_envs=1, seed=0)
+    actor = build_actor(env, hidden_sizes=(8,))
+    airl = AIRLDiscriminatorLoss(constant_reward_net(0.5), actor, generator_reward_type="logit")
+    batch = transitions(4, 0)
+    log_prob = actor.log_prob(batch["observation"], batch["action"]).detach()
+    assert torch.allclose(airl.generator_reward(batch)[:, 0], 0.5 - log_prob)
+    with pytest.raises(ValueError, match="'f' or 'logit'"):
+        AIRLDiscriminatorLoss(constant_reward_net(0.5), actor, generator_reward_type="softplus")
+    env.close()
+
+
 def test_discriminator_refuses_batches_of_different_sizes():
     loss = DiscriminatorLoss(constant_reward_net(0.0))
     with pytest.raises(ValueError, match="same size.*8 expert and 5 generator"):
