@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -91,20 +92,26 @@ class RoundLog(L.Callback):
         self.evaluate_every, self.target, self.episodes = evaluate_every, target, episodes
         self.rounds: list[dict] = []
         self.train_seconds = 0.0
+        self.train_cpu_seconds = 0.0
         self.first_target: dict | None = None
         self._mark = 0.0
         self._env = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._mark = time.perf_counter()
+        self._cpu_mark = time.process_time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         seconds = time.perf_counter() - self._mark
+        cpu_seconds = time.process_time() - self._cpu_mark
         self.train_seconds += seconds
+        self.train_cpu_seconds += cpu_seconds
         metrics = trainer.callback_metrics
         row = {
             "frames": pl_module.frames,
             "seconds": seconds,
+            # CPU time of this process: far less sensitive to other jobs on the machine.
+            "cpu_seconds": cpu_seconds,
             "collect_s": pl_module._collect_seconds,
             "disc_s": float(metrics["train/time/disc_s"]),
             "gen_update_s": float(metrics["train/time/gen_update_s"]),
@@ -114,7 +121,11 @@ class RoundLog(L.Callback):
         if self.evaluate_every and (batch_idx % self.evaluate_every == 0 or last):
             row["eval_return"] = self._evaluate(pl_module)
             if self.first_target is None and row["eval_return"] >= self.target:
-                self.first_target = {"frames": row["frames"], "seconds": self.train_seconds}
+                self.first_target = {
+                    "frames": row["frames"],
+                    "seconds": self.train_seconds,
+                    "cpu_seconds": self.train_cpu_seconds,
+                }
         self.rounds.append(row)
 
     def _evaluate(self, pl_module) -> float:
@@ -156,11 +167,14 @@ def speed(algo: str, rounds: int, demos) -> dict:
     timed = log.rounds[1:]  # the first round warms up allocations
     frames = len(timed) * frames_per_round
     total = sum(r["seconds"] for r in timed)
+    cpu_total = sum(r["cpu_seconds"] for r in timed)
     split = {k: sum(r[k] for r in timed) for k in ("collect_s", "gen_update_s", "disc_s")}
     return {
         "library": "tdimitation",
         "algo": algo,
         "seconds_per_100k": total * 100_000 / frames,
+        "cpu_seconds_per_100k": cpu_total * 100_000 / frames,
+        "loadavg": os.getloadavg()[0],
         "split_per_100k": {k: v * 100_000 / frames for k, v in split.items()},
         "frames": frames,
     }
@@ -208,10 +222,13 @@ def main() -> None:
                     "imitation_adversarial.py",
                     "--algo",
                     algo,
-                    "--max-steps",
-                    str((args.rounds + 1) * 16384),
-                    "--no-eval",
+                    "--rounds",
+                    str(args.rounds + 1),
+                    "--eval-episodes",
+                    "0",
                 )
+                if reference is not None:
+                    reference.pop("per_round", None)
                 print(json.dumps({"library": "imitation", "algo": algo, **(reference or {})}))
         else:
             for seed in args.seeds:
