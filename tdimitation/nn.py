@@ -78,7 +78,44 @@ _FUNCTIONAL = {
 }
 
 
-class RunningNorm(nn.Module):
+class _MomentNorm(nn.Module):
+    """Shared part of :class:`RunningNorm` and :class:`EMANorm`: buffers and ``forward``.
+
+    Subclasses implement ``_fold(batch_mean, batch_var, n)``; ``update`` computes the
+    batch moments in float64 and calls it.
+    """
+
+    def __init__(self, shape: Sequence[int] | int, eps: float, clip: float | None) -> None:
+        super().__init__()
+        shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+        self.eps = float(eps)
+        self.clip = clip
+        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """Fold a batch of inputs ``[B, *shape]`` into the statistics."""
+        batch = x.reshape(-1, *self.mean.shape).to(torch.float64)
+        n = batch.shape[0]
+        if n == 0:
+            return
+        self._fold(batch.mean(0), batch.var(0, correction=0), n)
+
+    def _fold(self, batch_mean: torch.Tensor, batch_var: torch.Tensor, n: int) -> None:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = self.mean.to(x.dtype)
+        std = (self.var + self.eps).sqrt().to(x.dtype)
+        out = (x - mean) / std
+        if self.clip is not None:
+            out = out.clamp(-self.clip, self.clip)
+        return out
+
+
+class RunningNorm(_MomentNorm):
     """Normalise inputs by running mean and variance (exact, over everything seen).
 
     ``update(x)`` folds a batch ``[B, *shape]`` into the statistics with the parallel
@@ -94,23 +131,9 @@ class RunningNorm(nn.Module):
     """
 
     def __init__(self, shape: Sequence[int] | int, eps: float = 1e-8, clip: float | None = None):
-        super().__init__()
-        shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
-        self.eps = float(eps)
-        self.clip = clip
-        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
-        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        super().__init__(shape, eps, clip)
 
-    @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        """Fold a batch of inputs into the running statistics."""
-        batch = x.reshape(-1, *self.mean.shape).to(torch.float64)
-        n = batch.shape[0]
-        if n == 0:
-            return
-        batch_mean = batch.mean(0)
-        batch_var = batch.var(0, correction=0)
+    def _fold(self, batch_mean: torch.Tensor, batch_var: torch.Tensor, n: int) -> None:
         total = self.count + n
         delta = batch_mean - self.mean
         self.mean += delta * (n / total)
@@ -119,16 +142,8 @@ class RunningNorm(nn.Module):
         self.var.copy_(m2 / total)
         self.count.copy_(total)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = self.mean.to(x.dtype)
-        std = (self.var + self.eps).sqrt().to(x.dtype)
-        out = (x - mean) / std
-        if self.clip is not None:
-            out = out.clamp(-self.clip, self.clip)
-        return out
 
-
-class EMANorm(nn.Module):
+class EMANorm(_MomentNorm):
     """Normalise inputs by exponentially weighted moving mean and variance.
 
     Same interface as :class:`RunningNorm` (``update(x)``, ``forward(x)``, buffers
@@ -159,29 +174,15 @@ class EMANorm(nn.Module):
         eps: float = 1e-8,
         clip: float | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(shape, eps, clip)
         if not 0.0 < float(decay) < 1.0:
             raise ValueError(
                 f"EMANorm decay must be in (0, 1), got {decay}; 0.99 averages over about "
                 "the last 100 batches"
             )
-        shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
         self.decay = float(decay)
-        self.eps = float(eps)
-        self.clip = clip
-        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
-        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
 
-    @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        """Fold a batch of inputs into the moving statistics (rule in the class docstring)."""
-        batch = x.reshape(-1, *self.mean.shape).to(torch.float64)
-        n = batch.shape[0]
-        if n == 0:
-            return
-        batch_mean = batch.mean(0)
-        batch_var = batch.var(0, correction=0)
+    def _fold(self, batch_mean: torch.Tensor, batch_var: torch.Tensor, n: int) -> None:
         if self.count.item() == 0:
             # Averaging with the placeholder statistics (0, 1) would bias the first updates.
             self.mean.copy_(batch_mean)
@@ -192,14 +193,6 @@ class EMANorm(nn.Module):
             self.mean += w * delta
             self.var.copy_(self.decay * (self.var + w * delta.pow(2)) + w * batch_var)
         self.count += n
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = self.mean.to(x.dtype)
-        std = (self.var + self.eps).sqrt().to(x.dtype)
-        out = (x - mean) / std
-        if self.clip is not None:
-            out = out.clamp(-self.clip, self.clip)
-        return out
 
 
 def build_cnn(
