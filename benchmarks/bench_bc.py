@@ -6,10 +6,16 @@
   implementation), cross-entropy, slicing pre-shuffled tensors, no Lightning;
 * ``bare_fused``: the same with ``Adam(fused=True)``;
 * ``ours``: ``tdimitation.algorithms.BC`` in ``lightning.Trainer`` (defaults: 64 fused
-  optimizer steps per ``training_step``, logging once per block; entropy term included);
-* ``imitation``: imitation 1.0.1's BC in the reference venv, if present.
+  optimizer steps per ``training_step``, analytic gradients, logging once per block; entropy
+  term included);
+* ``imitation``: imitation 1.0.1's BC in the reference venv, if present, run once per
+  repeat between ours (so that every ratio compares figures taken minutes apart).
 
-Samples/s exclude start-up (a warm-up fit runs first). Median of ``--repeats``.
+Samples/s exclude start-up (a warm-up fit runs first). The table gives the median rate of
+``--repeats`` and the median of the per-repeat ratios (the machine's load moves the absolute
+rates; ratios taken in the same repeat move less). ``--slow-path`` adds ``ours`` with
+``fast_updates=False`` (every step through ``manual_backward`` and Lightning's optimizer
+wrapper, autograd gradients).
 """
 
 from __future__ import annotations
@@ -76,13 +82,13 @@ def bare(batch_size: int, samples: int, fused: bool) -> float:
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def ours(batch_size: int, samples: int, demos) -> float:
+def ours(batch_size: int, samples: int, demos, **kwargs) -> float:
     import lightning as L
 
     from tdimitation.algorithms import BC, DemonstrationData
 
     steps = samples // batch_size
-    model = BC("CartPole-v1", n_batches=steps, batch_size=batch_size, seed=0)
+    model = BC("CartPole-v1", n_batches=steps, batch_size=batch_size, seed=0, **kwargs)
     trainer = L.Trainer(
         max_epochs=1,
         logger=False,
@@ -110,26 +116,44 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=300_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--slow-path", action="store_true")
+    parser.add_argument("--no-imitation", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     demos = make_demos()
     ours(32, 20_000, demos)  # warm-up (imports, first fit)
     results: dict[str, list[float]] = {}
+    ratios: dict[str, list[float]] = {}
     for _ in range(args.repeats):
+        run: dict[str, float] = {}
         for bs in (32, 256):
             samples = args.samples if bs == 32 else args.samples * 4
-            results.setdefault(f"bare_{bs}", []).append(bare(bs, samples, fused=False))
-            results.setdefault(f"bare_fused_{bs}", []).append(bare(bs, samples, fused=True))
-            results.setdefault(f"ours_{bs}", []).append(ours(bs, samples, demos))
+            run[f"bare_{bs}"] = bare(bs, samples, fused=False)
+            run[f"bare_fused_{bs}"] = bare(bs, samples, fused=True)
+            run[f"ours_{bs}"] = ours(bs, samples, demos)
+            if args.slow_path:
+                run[f"ours_slow_{bs}"] = ours(bs, samples, demos, fast_updates=False)
+        ref = None if args.no_imitation else imitation(args.samples // 2)
+        for bs in (32, 256):
+            if ref:
+                run[f"imitation_{bs}"] = ref[f"imitation_bc_{bs}"]
+                ratios.setdefault(f"imitation_{bs}", []).append(
+                    run[f"ours_{bs}"] / run[f"imitation_{bs}"]
+                )
+            ratios.setdefault(f"bare_{bs}", []).append(run[f"ours_{bs}"] / run[f"bare_{bs}"])
+        for key, value in run.items():
+            results.setdefault(key, []).append(value)
+        print(json.dumps({"repeat": run}), flush=True)
     med = {k: statistics.median(v) for k, v in results.items()}
-    ref = imitation(args.samples // 2) or {}
+    ratio = {k: statistics.median(v) for k, v in ratios.items()}
     print(
         f"\nBC throughput (samples/s), 50,000 transitions, 32-32 policy, median of {args.repeats}\n"
     )
     header = [
         "batch",
         "tdimitation BC (Lightning)",
+        *(["BC, fast_updates=False"] if args.slow_path else []),
         "bare loop (Adam)",
         "bare loop (fused Adam)",
         "imitation 1.0.1",
@@ -139,19 +163,19 @@ def main() -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for bs in (32, 256):
-        mine, ceiling = med[f"ours_{bs}"], med[f"bare_{bs}"]
-        im = ref.get(f"imitation_bc_{bs}")
+        im = med.get(f"imitation_{bs}")
         cells = [
             str(bs),
-            f"{mine:,.0f}",
-            f"{ceiling:,.0f}",
+            f"{med[f'ours_{bs}']:,.0f}",
+            *([f"{med[f'ours_slow_{bs}']:,.0f}"] if args.slow_path else []),
+            f"{med[f'bare_{bs}']:,.0f}",
             f"{med[f'bare_fused_{bs}']:,.0f}",
             "-" if im is None else f"{im:,.0f}",
-            f"{mine / ceiling:.2f}",
-            "-" if im is None else f"{mine / im:.2f}",
+            f"{ratio[f'bare_{bs}']:.2f}",
+            "-" if im is None else f"{ratio[f'imitation_{bs}']:.2f}",
         ]
         print("| " + " | ".join(cells) + " |")
-    print(json.dumps({"medians": med, "imitation": ref}))
+    print(json.dumps({"medians": med, "ratios": ratios}))
 
 
 if __name__ == "__main__":

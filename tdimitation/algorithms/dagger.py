@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import random
+import shutil
+import tempfile
+import weakref
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +22,24 @@ from tdimitation.data.rollout import rollout
 from tdimitation.data.trajectory import rollout_stats
 from tdimitation.policies.actors import is_deterministic
 from tdimitation.policies.registry import policy_from_string
-from tdimitation.rl.base import buffer_state, load_buffer_state
+from tdimitation.rl.base import (
+    _numpy_rng_state,
+    _seed_everything,
+    _set_numpy_rng_state,
+    buffer_state,
+    load_buffer_state,
+)
+
+
+def _transition_bytes(env: Any) -> int:
+    """Bytes of one aggregated row (observation and action) from the env's specs."""
+    batch_dims = len(env.batch_size)
+    total = 0
+    for spec in (env.observation_spec["observation"], env.action_spec):
+        leaves = spec.values(True, True) if hasattr(spec, "values") else [spec]
+        for leaf in leaves:
+            total += math.prod(leaf.shape[batch_dims:]) * leaf.dtype.itemsize
+    return total
 
 
 def linear_beta(round_index: int, rampdown_rounds: int) -> float:
@@ -92,9 +115,18 @@ class DAgger(BC):
     ``min_transitions`` transitions (never fewer than one batch) are complete, adds the
     observations labelled with the *expert's* actions to an aggregated buffer, and trains
     BC on everything collected so far for ``bc_epochs`` epochs. The aggregated buffer is
-    bounded (``buffer_capacity``; oldest rows are dropped first), memory-mapped under
-    ``memmap_dir`` when given (large runs), and saved in checkpoints sized to its contents,
-    so a run resumes at the round it stopped.
+    bounded (``buffer_capacity``; oldest rows are dropped first) and saved in checkpoints
+    sized to its contents, so a run resumes at the round it stopped. The first round
+    seeds the global RNGs from ``seed`` (β-mixing and the learner's sampled actions draw
+    from them); checkpoints carry their states.
+
+    When full it would hold more than ``memmap_threshold`` bytes (``buffer_capacity`` times
+    the bytes of one observation and action, from the env's specs), the buffer is a
+    torchrl ``LazyMemmapStorage``: files in a fresh sub-directory of ``memmap_dir``
+    (default ``<data dir>/dagger_buffers``), written as rows arrive and removed when the
+    module is garbage-collected or the process exits. Training then gathers each block
+    of rows from the files, so the aggregated data need not fit in RAM (``imitation``
+    keeps it all in memory). The directory is in :attr:`memmap_path`.
 
     Args:
         env_id: environment.
@@ -112,7 +144,9 @@ class DAgger(BC):
         min_transitions: transitions per round (at least ``batch_size``).
         bc_epochs: BC epochs over the aggregated data per round.
         buffer_capacity: most transitions kept.
-        memmap_dir: keep the aggregated data in memory-mapped files here.
+        memmap_dir: parent directory of the memory-mapped buffer files.
+        memmap_threshold: memory-map the buffer when its full size exceeds this many
+            bytes (default 1 GiB; 0: always; None: never).
         expert_policy: a policy object (or plain callable) used instead of ``expert``.
         **bc_kwargs: arguments of :class:`BC` (batch size, learning rate, network...).
     """
@@ -131,6 +165,7 @@ class DAgger(BC):
         bc_epochs: int = 4,
         buffer_capacity: int = 1_000_000,
         memmap_dir: str | None = None,
+        memmap_threshold: int | None = 2**30,
         expert_policy: Any = None,
         **bc_kwargs: Any,
     ) -> None:
@@ -144,6 +179,12 @@ class DAgger(BC):
             )
         if n_rounds <= 0:
             raise ValueError(f"n_rounds must be positive, got {n_rounds}")
+        if buffer_capacity <= 0:
+            raise ValueError(f"buffer_capacity must be positive, got {buffer_capacity}")
+        if memmap_threshold is not None and memmap_threshold < 0:
+            raise ValueError(
+                f"memmap_threshold must be a number of bytes >= 0 (or None), got {memmap_threshold}"
+            )
         super().__init__(env_id, n_epochs=bc_epochs, **bc_kwargs)
         self.save_hyperparameters(ignore=["expert_policy"])
         if expert == "interactive" and expert_policy is None:
@@ -169,11 +210,22 @@ class DAgger(BC):
         from tdimitation.policies.base import as_policy
 
         self.mixture = MixturePolicy(as_policy(expert_policy, self.collect_env), self.policy)
-        storage = (
-            LazyMemmapStorage(buffer_capacity, scratch_dir=memmap_dir)
-            if memmap_dir
-            else LazyTensorStorage(buffer_capacity)
-        )
+        #: bytes the aggregated buffer holds when full
+        self.buffer_bytes = buffer_capacity * _transition_bytes(self.collect_env)
+        #: directory of the memory-mapped buffer files (None: the buffer is in RAM)
+        self.memmap_path: Path | None = None
+        if memmap_threshold is not None and self.buffer_bytes > memmap_threshold:
+            from tdimitation.tracking import data_dir
+
+            parent = Path(memmap_dir) if memmap_dir else data_dir() / "dagger_buffers"
+            parent.mkdir(parents=True, exist_ok=True)
+            # A directory per buffer: a resumed run in the same process must not write
+            # into the files another buffer still maps.
+            self.memmap_path = Path(tempfile.mkdtemp(prefix="buffer-", dir=parent))
+            weakref.finalize(self, shutil.rmtree, self.memmap_path, ignore_errors=True)
+            storage = LazyMemmapStorage(buffer_capacity, scratch_dir=self.memmap_path)
+        else:
+            storage = LazyTensorStorage(buffer_capacity)
         self.buffer = TensorDictReplayBuffer(storage=storage)
         self.round = 0
         self.transitions_collected = 0
@@ -187,6 +239,13 @@ class DAgger(BC):
 
     # ------------------------------------------------------------------- data
     def train_dataloader(self) -> DataLoader:
+        if self.round == 0:
+            # β-mixing and the learner's sampled actions draw from the global RNGs.
+            _seed_everything(self.hparams.seed)
+        elif hasattr(self.collect_env, "set_seed"):
+            # A resumed run collects fresh episodes, not the first round's initial states
+            # (the RNGs themselves come back from the checkpoint).
+            self.collect_env.set_seed(self.hparams.seed + self.transitions_collected)
         return DataLoader(
             _RoundIndices(self.round, self.hparams.n_rounds), batch_size=None, num_workers=0
         )
@@ -228,9 +287,11 @@ class DAgger(BC):
             seed=hp.seed * 1000 + self.round,
             skip=0,
         )
+        blocks = list(blocks)
         out: dict[str, torch.Tensor] = {}
-        for block in blocks:
-            out = self.update_on_block(observations, actions, block)
+        for j, block in enumerate(blocks):
+            # Metrics of the round's last step only (logged once per round).
+            out = self.update_on_block(observations, actions, block, j == len(blocks) - 1)
         stats = rollout_stats(episodes)
         self.log_dict(
             {
@@ -254,6 +315,11 @@ class DAgger(BC):
             "round": self.round,
             "transitions_collected": self.transitions_collected,
             "buffers": {"aggregated": buffer_state(self.buffer)},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": _numpy_rng_state(),
+                "python": list(random.getstate()[1]),
+            },
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -261,3 +327,8 @@ class DAgger(BC):
         self.round = int(state["round"])
         self.transitions_collected = int(state["transitions_collected"])
         load_buffer_state(self.buffer, state["buffers"]["aggregated"])
+        rng = state.get("rng")  # absent from checkpoints of earlier versions
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            _set_numpy_rng_state(rng["numpy"])
+            random.setstate((3, tuple(rng["python"]), None))

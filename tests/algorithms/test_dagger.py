@@ -53,7 +53,7 @@ def test_dagger_reaches_expert_level_with_4000_transitions():
         n_rounds=2,
         rampdown_rounds=2,
         num_envs=4,
-        bc_epochs=4,
+        bc_epochs=8,
         batch_size=32,
         seed=0,
     )
