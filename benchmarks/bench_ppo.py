@@ -2,8 +2,12 @@
 
 * Throughput: SB3's default PPO hyperparameters with 8 envs (2048 steps per env per round,
   minibatch 64) and 5 epochs (imitation's tutorial setting); frames/s over 3 rounds after
-  a warm-up round, split into collection and update time. SB3 runs in the reference
-  virtualenv (``benchmarks/reference/``), interleaved with ours, ``--repeats`` times each.
+  a warm-up round, split into collection and update time, and the update time per
+  optimizer step (1,280 per round). Ours in three variants: the default fast update
+  (closed-form gradients, flat Adam), the same compiled (``compile_loss=True``), and the
+  autograd path (``fast_update=False``: ``PPOClipLoss`` + ``backward`` + ``optimizer.step``,
+  the implementation before the fast path). SB3 runs in the reference virtualenv
+  (``benchmarks/reference/``), interleaved with ours, ``--repeats`` times each.
 * Solve: identical hyperparameters on both sides (the SB3-zoo CartPole settings, constant
   clip range); wall-clock of training (evaluation excluded) until a deterministic
   10-episode evaluation after a round reaches a mean return of 475.
@@ -80,7 +84,16 @@ def trainer(callbacks) -> L.Trainer:
     )
 
 
-def ours_throughput(rounds: int = 3, n_epochs: int = 5, compile_loss: bool = False) -> dict:
+ROUNDS, STEPS_PER_ROUND = 3, 5 * 8 * 2048 // 64
+
+VARIANTS = {
+    "tdimitation (fast update)": {},
+    "tdimitation, compile_loss=True": {"compile_loss": True},
+    "tdimitation, autograd path (fast_update=False)": {"fast_update": False},
+}
+
+
+def ours_throughput(rounds: int = ROUNDS, n_epochs: int = 5, **kwargs) -> dict:
     from tdimitation.rl.ppo import PPO
 
     model = PPO(
@@ -91,13 +104,18 @@ def ours_throughput(rounds: int = 3, n_epochs: int = 5, compile_loss: bool = Fal
         n_epochs=n_epochs,
         total_frames=8 * 2048 * (rounds + 1),
         seed=0,
-        compile_loss=compile_loss,
+        **kwargs,
     )
     timer = RoundTimer()
     trainer([timer]).fit(model)
     # The first round (warm-up; with compile_loss it includes compilation) is not timed.
     collect, update = sum(timer.collect[1:]), sum(timer.update[1:])
-    return {"fps": 8 * 2048 * rounds / (collect + update), "collect_s": collect, "update_s": update}
+    return {
+        "fps": 8 * 2048 * rounds / (collect + update),
+        "collect_s": collect,
+        "update_s": update,
+        "path": model.update_path,
+    }
 
 
 def ours_solve(seed: int = 0, max_frames: int = 300_000) -> dict[str, float | None]:
@@ -135,43 +153,37 @@ def main() -> None:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
 
-    ours, ours_compiled, sb3 = [], [], []
+    runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+    sb3: list[dict] = []
     for _ in range(args.repeats):
-        ours.append(ours_throughput())
-        ours_compiled.append(ours_throughput(compile_loss=True))
-        ref = reference(["--mode", "throughput", "--rounds", "3"])
+        for name, kwargs in VARIANTS.items():
+            runs[name].append(ours_throughput(**kwargs))
+        ref = reference(["--mode", "throughput", "--rounds", str(ROUNDS)])
         if ref:
-            sb3.append(ref)
-    fps = statistics.median(r["fps"] for r in ours)
+            sb3.append({k.removeprefix("sb3_"): v for k, v in ref.items()})
     print(
-        f"\nPPO CartPole-v1, 8 envs x 2048 steps, batch 64, 5 epochs (median of {args.repeats})\n"
+        f"\nPPO CartPole-v1, 8 envs x 2048 steps, batch 64, 5 epochs (median of {args.repeats}; "
+        f"{STEPS_PER_ROUND} optimizer steps per round)\n"
     )
-    print("| | frames/s | collect s / round | update s / round |")
-    print("|---|---|---|---|")
-    rows = (
-        ("tdimitation", ours, ""),
-        ("tdimitation, compile_loss=True", ours_compiled, ""),
-        ("SB3 2.2.1", sb3, "sb3_"),
-    )
-    for name, runs, prefix in rows:
-        if not runs:
+    print("| | frames/s | vs SB3 | collect s / round | update s / round | µs / optimizer step |")
+    print("|---|---|---|---|---|---|")
+    sb3_fps = statistics.median(r["fps"] for r in sb3) if sb3 else None
+    result: dict = {"runs": runs, "sb3": sb3}
+    for name, rows in (*runs.items(), ("SB3 2.2.1", sb3)):
+        if not rows:
             continue
-        key = f"{prefix}fps"
-        collect_key, update_key = f"{prefix}collect_s", f"{prefix}update_s"
+        fps = statistics.median(r["fps"] for r in rows)
+        collect = statistics.median(r["collect_s"] for r in rows) / ROUNDS
+        update = statistics.median(r["update_s"] for r in rows) / ROUNDS
+        ratio = f"{fps / sb3_fps:.2f}x" if sb3_fps else "-"
         print(
-            f"| {name} | {statistics.median(r[key] for r in runs):,.0f} | "
-            f"{statistics.median(r[collect_key] for r in runs) / 3:.2f} | "
-            f"{statistics.median(r[update_key] for r in runs) / 3:.2f} |"
+            f"| {name} | {fps:,.0f} | {ratio} | {collect:.2f} | {update:.2f} | "
+            f"{update / STEPS_PER_ROUND * 1e6:,.0f} |"
         )
-    result = {"ours": ours, "ours_compiled": ours_compiled, "sb3": sb3}
-    if sb3:
-        sb3_fps = statistics.median(r["sb3_fps"] for r in sb3)
-        compiled_fps = statistics.median(r["fps"] for r in ours_compiled)
-        result["ratio"], result["ratio_compiled"] = fps / sb3_fps, compiled_fps / sb3_fps
-        print(
-            f"\nthroughput ratio tdimitation / SB3 = {result['ratio']:.2f} (eager), "
-            f"{result['ratio_compiled']:.2f} (compile_loss=True, after compilation)"
-        )
+        if sb3_fps:
+            result.setdefault("ratio", {})[name] = fps / sb3_fps
+    for name, rows in runs.items():
+        print(f"{name}: update path {rows[-1]['path']!r}")
     if not args.skip_solve:
         solve = ours_solve()
         ref = reference(["--mode", "solve"])

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from tensordict import TensorDictBase
+from torch.optim import optimizer as torch_optimizer
 from torchrl.objectives.value.functional import generalized_advantage_estimate
 
-from tdimitation.objectives.ppo import PPOClipLoss
+from tdimitation.objectives.ppo import PPOClipLoss, PPOGradients
 from tdimitation.policies.actors import (
     CategoricalActor,
     GaussianActor,
@@ -32,6 +40,21 @@ class PPO(OnlineAlgorithm):
     of minibatch updates. Minibatches are gathered once per epoch as tensors and the loss is
     :class:`~tdimitation.objectives.PPOClipLoss` on tensors; the optimizer is Adam with
     ``fused=True``. Bootstrapping stops at terminations, not at truncations.
+
+    **Fast update.** When it is exact to do so (see :meth:`update`), the minibatch steps skip
+    autograd and the optimizer's Python machinery: :class:`~tdimitation.objectives.ppo.
+    PPOGradients` computes the loss's gradients in closed form (actor and critic hidden layers
+    evaluated together as stacked "twin" weights), gradient clipping and Adam run on one
+    flat buffer with ``torch.optim.Adam``'s arithmetic, and parameters and Adam's moments are
+    written back after the round. Same parameters as the autograd path up to float rounding
+    (tested); 2.5-3x fewer microseconds per minibatch on CPU (``benchmarks/bench_ppo.py``).
+    ``fast_update=False`` forces the autograd path; :attr:`update_path` says which path the
+    last update took and why.
+
+    Logged per round: the loss terms and ``entropy``, ``kl_approx``, ``clip_fraction``
+    (means over the last epoch's minibatches), ``explained_variance`` of the value targets by
+    the values the advantages were computed from (as Stable-Baselines3 reports it), ``lr``
+    and the number of ``updates``.
 
     Args:
         env_id: environment id (see :func:`~tdimitation.envs.make_env`).
@@ -57,8 +80,11 @@ class PPO(OnlineAlgorithm):
         activation: activation name.
         normalize_observations: running observation normalisation, stored in the policy.
         log_std_init: initial log standard deviation (continuous actions).
-        compile_loss: ``torch.compile`` the loss (forward and backward fused into fewer
-            kernels; pays a one-off compilation of tens of seconds, worth it on long runs).
+        compile_loss: ``torch.compile`` the training step: on the fast path the whole
+            minibatch step (closed-form gradients, clipping, Adam) becomes one graph of fused
+            kernels; on the autograd path, the loss. Pays a one-off compilation of ~20 s on
+            CPU, worth it on long runs.
+        fast_update: use the closed-form gradients and flat Adam when exact (see above).
     """
 
     def __init__(
@@ -87,6 +113,7 @@ class PPO(OnlineAlgorithm):
         normalize_observations: bool = False,
         log_std_init: float = 0.0,
         compile_loss: bool = False,
+        fast_update: bool = True,
     ) -> None:
         super().__init__(
             env_id,
@@ -130,6 +157,10 @@ class PPO(OnlineAlgorithm):
         self._loss_fn = self.loss_module.loss_tensors
         if compile_loss:
             self._loss_fn = torch.compile(self.loss_module.loss_tensors, dynamic=False)
+        self._gradients: PPOGradients | None = None
+        self._compiled_step: tuple[tuple, Callable] | None = None
+        #: Which path the last :meth:`update` took: ``"fast"`` or ``"autograd: <reason>"``.
+        self.update_path = ""
 
     def collection_policy(self) -> MLPActor:
         return self.actor
@@ -150,19 +181,36 @@ class PPO(OnlineAlgorithm):
 
         Rewards are the batch's ``("next", "reward")``, or ``reward_fn(batch)`` when given.
         """
-        steps = batch.shape[1]
-        observations = torch.cat([batch["observation"], batch["next", "observation"]], dim=1)
-        values = self.critic.value(observations)
-        value, next_value = values[:, :steps], values[:, steps:]
-        return generalized_advantage_estimate(
+        advantage, value_target, _ = self._advantages(batch, reward_fn)
+        return advantage, value_target
+
+    @torch.no_grad()
+    def _advantages(
+        self,
+        batch: TensorDictBase,
+        reward_fn: Callable[[TensorDictBase], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`advantages` and the state values ``[N, T, 1]`` they were computed from."""
+        obs, next_obs = batch["observation"], batch["next", "observation"]
+        value = self.critic.value(obs)
+        # V(next_obs[t]) is V(obs[t+1]) wherever the two rows are equal (no reset between):
+        # evaluate the critic only on the other rows (episode ends and the last step).
+        next_value = torch.empty_like(value)
+        next_value[:, :-1] = value[:, 1:]
+        fresh = torch.ones(next_obs.shape[:2], dtype=torch.bool, device=value.device)
+        fresh[:, :-1] = (next_obs[:, :-1] != obs[:, 1:]).flatten(2).any(-1)
+        next_value[fresh] = self.critic.value(next_obs[fresh])
+        reward = batch["next", "reward"] if reward_fn is None else reward_fn(batch)
+        advantage, value_target = _gae(
             self.hparams.gamma,
             self.hparams.gae_lambda,
             value,
             next_value,
-            batch["next", "reward"] if reward_fn is None else reward_fn(batch),
+            reward,
             batch["next", "done"],
             batch["next", "terminated"],
         )
+        return advantage, value_target, value
 
     def training_round(self, batch: TensorDictBase) -> None:
         metrics = self.update(batch, self.optimizers(), self.manual_backward)
@@ -181,31 +229,94 @@ class PPO(OnlineAlgorithm):
         the Trainer): ``backward`` defaults to ``loss.backward()`` (pass the Lightning
         module's ``manual_backward`` for precision plugins), and ``reward_fn``, when given,
         maps the batch to the rewards ``[N, T, 1]`` PPO trains on instead of the env's.
+
+        The minibatch steps take the fast path (closed-form gradients, flat Adam; see the
+        class docstring) only when it computes exactly what ``backward(loss)`` and
+        ``optimizer.step()`` would:
+
+        * ``backward`` is None (``loss.backward()``), or a LightningModule's own
+          ``manual_backward`` whose Trainer runs the default 32-bit ``Precision`` plugin on
+          a ``SingleDeviceStrategy``. There ``manual_backward`` is ``loss.backward()`` plus
+          the ``on_before_backward``/``on_after_backward`` hooks, and a
+          ``LightningOptimizer`` step is ``optimizer.step()`` plus the
+          ``on_before_optimizer_step`` hook and the ``global_step`` counter; the fast path
+          is taken only when neither the module nor any callback overrides those hooks
+          (or ``backward``), and it still advances ``global_step`` once per minibatch.
+          Mixed or double precision (autocast, gradient scaling), other strategies
+          (gradient synchronisation) and custom backward functions take the autograd path;
+        * the optimizer is ``torch.optim.Adam``/``AdamW`` without weight decay, AMSGrad,
+          ``maximize``, step hooks or per-group hyperparameters, over exactly the actor's
+          and critic's parameters; autocast is off; and the networks are supported
+          (:meth:`PPOGradients.unsupported_reason`).
+
+        :attr:`update_path` records the path taken.
         """
         hp = self.hparams
-        backward = backward or plain_backward
         if hp.lr_schedule == "linear":
             for group in optimizer.param_groups:
                 group["lr"] = hp.learning_rate * max(1.0 - self.frames / self.total_frames, 0.0)
-        advantage, value_target = self.advantages(batch, reward_fn)
+        advantage, value_target, value = self._advantages(batch, reward_fn)
         n = batch.numel()
         obs = batch["observation"].reshape(n, -1)
         action = batch["action"].reshape(n, *batch["action"].shape[2:])
         old_log_prob = batch["action_log_prob"].reshape(n)
         advantage, value_target = advantage.reshape(n), value_target.reshape(n)
+        tensors = (obs, action, old_log_prob, advantage, value_target)
+        blocker = self._fast_update_blocker(optimizer, backward)
+        self.update_path = "fast" if blocker is None else f"autograd: {blocker}"
+        if blocker is None:
+            logged, updates = self._fast_update(optimizer, *tensors)
+        else:
+            logged, updates = self._autograd_update(optimizer, backward or plain_backward, *tensors)
+        if self.actor.obs_norm is not None:
+            # After the update, so this round's stored log-probs matched the policy used.
+            self.actor.obs_norm.update(obs)
+        # One reduction per key for the whole round (the last epoch's minibatches).
+        metrics = {
+            key: float(torch.stack([o[key].detach() for o in logged]).mean()) for key in logged[0]
+        }
+        # Of the values the advantages were computed from, as Stable-Baselines3 reports it.
+        metrics["explained_variance"] = _explained_variance(value.reshape(n), value_target)
+        metrics["lr"] = optimizer.param_groups[0]["lr"]
+        metrics["updates"] = float(updates)
+        return metrics
+
+    def _epochs(self) -> Iterator[tuple[int, bool]]:
+        """``(epoch, diagnostics)``; diagnostics cost kernels, so only in the last epoch
+        (or in every epoch when early stopping on the KL needs them).
+        """
+        hp = self.hparams
+        for epoch in range(hp.n_epochs):
+            yield epoch, hp.target_kl is not None or epoch == hp.n_epochs - 1
+
+    def _stop_early(self, epoch_logged: list[dict[str, torch.Tensor]]) -> bool:
+        target_kl = self.hparams.target_kl
+        if target_kl is None:
+            return False
+        return float(torch.stack([o["kl_approx"] for o in epoch_logged]).mean()) > 1.5 * target_kl
+
+    def _autograd_update(
+        self,
+        optimizer: torch.optim.Optimizer,
+        backward: Callable[[torch.Tensor], None],
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        old_log_prob: torch.Tensor,
+        advantage: torch.Tensor,
+        value_target: torch.Tensor,
+    ) -> tuple[list[dict[str, torch.Tensor]], int]:
+        """The reference path: autograd through :class:`PPOClipLoss`, ``optimizer.step()``."""
+        hp = self.hparams
+        n = obs.shape[0]
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        n_minibatches = n // hp.batch_size
         logged: list[dict[str, torch.Tensor]] = []
         updates = 0
-        for epoch in range(hp.n_epochs):
-            # Diagnostics cost kernels per step: compute them in the last epoch only, or in
-            # every epoch when early stopping on the KL needs them.
-            diagnostics = hp.target_kl is not None or epoch == hp.n_epochs - 1
+        for _, diagnostics in self._epochs():
             # One gather per epoch; minibatches are then contiguous views.
             perm = torch.randperm(n, device=obs.device)
             epoch_tensors = [t[perm] for t in (obs, action, old_log_prob, advantage, value_target)]
             epoch_logged = []
-            for i in range(n_minibatches):
+            for i in range(n // hp.batch_size):
                 part = slice(i * hp.batch_size, (i + 1) * hp.batch_size)
                 out = self._loss_fn(*(t[part] for t in epoch_tensors), diagnostics=diagnostics)
                 loss = out["loss_objective"] + out["loss_critic"]
@@ -220,23 +331,379 @@ class PPO(OnlineAlgorithm):
                     epoch_logged.append(out)
                 updates += 1
             logged = epoch_logged or logged
-            if hp.target_kl is not None:
-                epoch_kl = float(torch.stack([o["kl_approx"] for o in epoch_logged]).mean())
-                if epoch_kl > 1.5 * hp.target_kl:
-                    break
-        if self.actor.obs_norm is not None:
-            # After the update, so this round's stored log-probs matched the policy used.
-            self.actor.obs_norm.update(obs)
-        # One reduction per key for the whole round (the last epoch's minibatches).
-        metrics = {
-            key: float(torch.stack([o[key].detach() for o in logged]).mean()) for key in logged[0]
-        }
-        metrics["explained_variance"] = _explained_variance(
-            self.critic.value(obs).detach(), value_target
+            if self._stop_early(epoch_logged):
+                break
+        return logged, updates
+
+    @torch.no_grad()
+    def _fast_update(
+        self,
+        optimizer: torch.optim.Optimizer,
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        old_log_prob: torch.Tensor,
+        advantage: torch.Tensor,
+        value_target: torch.Tensor,
+    ) -> tuple[list[dict[str, torch.Tensor]], int]:
+        """The same steps as :meth:`_autograd_update` with closed-form gradients and flat Adam.
+
+        Consumes the RNG identically (one ``randperm`` per epoch), so both paths visit the
+        same minibatches.
+        """
+        hp = self.hparams
+        grads = self._gradients
+        n, size = obs.shape[0], hp.batch_size
+        count = n // size
+        # Observation normalisation is fixed during the update: apply it once per round.
+        inputs = grads.features(obs)
+        actions = grads.encode_actions(action)
+        lightning_opt = optimizer if isinstance(optimizer, LightningOptimizer) else None
+        adam = _FlatAdam(_unwrap(optimizer), grads)
+        train_step = self._train_step(adam, size)
+        logged: list[dict[str, torch.Tensor]] = []
+        updates = 0
+        for _, diagnostics in self._epochs():
+            perm = torch.randperm(n, device=obs.device)
+            # [count, 2, size, d]: each minibatch's twin inputs contiguous.
+            x = inputs[:, perm].view(2, count, size, -1).transpose(0, 1).contiguous()
+            a = actions[perm].view(count, size, -1)
+            olp = old_log_prob[perm].view(count, size)
+            adv = grads.advantage_weights(advantage[perm].view(count, size))
+            vt = value_target[perm].view(count, size, 1)
+            epoch_logged = []
+            for i in range(count):
+                if lightning_opt is not None:
+                    lightning_opt._on_before_step()  # global_step bookkeeping (manual loop)
+                out = train_step(x[i], a[i], olp[i], adv[i], vt[i], diagnostics)
+                if lightning_opt is not None:
+                    lightning_opt._on_after_step()
+                if diagnostics:
+                    epoch_logged.append(out)
+                updates += 1
+            logged = epoch_logged or logged
+            if self._stop_early(epoch_logged):
+                break
+        adam.finish()
+        return logged, updates
+
+    def _train_step(self, adam: _FlatAdam, size: int) -> Callable:
+        """One minibatch step of the fast path: gradients, clipping, Adam, all in place.
+
+        With ``compile_loss`` the whole step (no autograd in it) is one ``torch.compile``d
+        graph, compiled once per model (two variants: with and without diagnostics).
+        """
+        grads, max_norm = self._gradients, self.hparams.max_grad_norm
+        grads.prepare(size)  # buffers allocated outside compiled code
+        weights, grad_views = grads.views(adam.params), grads.views(adam.grad)
+
+        def eager(x, a, old_log_prob, advantage_weight, value_target, diagnostics):
+            out = grads.step(
+                weights, grad_views, x, a, old_log_prob, advantage_weight, value_target, diagnostics
+            )
+            if max_norm is not None:
+                _clip_flat_(adam.grad, max_norm)
+            adam.step()
+            return out
+
+        if not self.hparams.compile_loss:
+            return eager
+        constants = (adam.beta1, adam.beta2, adam.eps, max_norm)
+        if self._compiled_step is None or self._compiled_step[0] != constants:
+            self._compiled_step = (constants, _compile_train_step(grads, *constants))
+        compiled = self._compiled_step[1]
+
+        def step(x, a, old_log_prob, advantage_weight, value_target, diagnostics):
+            if not adam.started:  # the optimizer's own first step creates its state
+                return eager(x, a, old_log_prob, advantage_weight, value_target, diagnostics)
+            adam.flat_steps += 1
+            return compiled(
+                adam.params,
+                adam.grad,
+                adam.exp_avg,
+                adam.exp_avg_sq,
+                adam.step_tensor,
+                adam.lr_tensor,
+                x,
+                a,
+                old_log_prob,
+                advantage_weight,
+                value_target,
+                diagnostics,
+            )
+
+        return step
+
+    def _fast_update_blocker(
+        self, optimizer: torch.optim.Optimizer, backward: Callable | None
+    ) -> str | None:
+        """Why this update must take the autograd path (None: the fast path is exact)."""
+        if not self.hparams.fast_update:
+            return "fast_update=False"
+        if torch.is_autocast_enabled(next(self.actor.parameters()).device.type):
+            return "autocast is enabled"
+        # Checked every round (cheap): parameters may have been frozen or replaced since.
+        reason = PPOGradients.unsupported_reason(self.loss_module)
+        if reason is not None:
+            return reason
+        if self._gradients is None or set(map(id, self._gradients.parameters())) != set(
+            map(id, self.loss_module.parameters())
+        ):
+            self._gradients = PPOGradients(self.loss_module)
+        reason = _lightning_blocker(optimizer, backward)
+        if reason is not None:
+            return reason
+        return _FlatAdam.unsupported_reason(_unwrap(optimizer), self._gradients)
+
+
+_LIGHTNING_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+
+
+def _unwrap(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    return optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
+
+
+def _lightning_blocker(optimizer: torch.optim.Optimizer, backward: Callable | None) -> str | None:
+    """Why ``backward``/``optimizer`` may do more than ``loss.backward()``/``Adam.step()``.
+
+    With Lightning's default ``Precision`` plugin on a ``SingleDeviceStrategy``,
+    ``manual_backward(loss)`` is ``on_before_backward`` hooks, ``module.backward(loss)``
+    (``loss.backward()``), ``on_after_backward`` hooks; ``LightningOptimizer.step()`` is the
+    manual loop's step counter, ``on_before_optimizer_step`` hooks and ``optimizer.step()``
+    (gradient clipping by the Trainer is refused under manual optimisation). When no hook is
+    overridden, skipping them changes nothing; the step counter is advanced by the caller.
+    Other precision plugins (autocast, gradient scaling) and strategies (gradient
+    synchronisation in backward hooks) are not equivalent: they block the fast path.
+    """
+    module = None
+    if isinstance(optimizer, LightningOptimizer):
+        strategy = getattr(optimizer, "_strategy", None)
+        module = strategy.lightning_module if strategy is not None else None
+        if module is None:
+            return "a LightningOptimizer without a strategy"
+    if backward is not None and backward is not plain_backward:
+        owner = getattr(backward, "__self__", None)
+        if (
+            not isinstance(owner, L.LightningModule)
+            or getattr(backward, "__func__", None) is not L.LightningModule.manual_backward
+        ):
+            return "a custom backward function"
+        if module is not None and owner is not module:
+            return "backward and optimizer belong to different LightningModules"
+        module = owner
+    if module is None:
+        return None
+    if getattr(module, "_fabric", None) is not None:
+        return "the module runs under Fabric"
+    trainer = module._trainer
+    if trainer is None:
+        return "the LightningModule is not attached to a Trainer"
+    strategy = trainer.strategy
+    if type(strategy) is not SingleDeviceStrategy:
+        return f"strategy {type(strategy).__name__}"
+    if type(strategy.precision_plugin) is not Precision:
+        return f"precision {trainer.precision}"
+    if trainer.gradient_clip_val:
+        return "Trainer gradient clipping"
+    if any(is_overridden(hook, module) for hook in ("backward", *_LIGHTNING_HOOKS)):
+        return f"{type(module).__name__} overrides a backward or optimizer-step hook"
+    for callback in trainer.callbacks:
+        if any(is_overridden(hook, callback, L.Callback) for hook in _LIGHTNING_HOOKS):
+            return f"callback {type(callback).__name__} hooks backward or optimizer steps"
+    return None
+
+
+def _clip_flat_(grad: torch.Tensor, max_norm: float) -> None:
+    """``clip_grad_norm_`` on a flat gradient: scale by ``min(1, max_norm / (norm + 1e-6))``."""
+    total = torch.linalg.vector_norm(grad)
+    grad.mul_(torch.clamp(max_norm / (total + 1e-6), max=1.0))
+
+
+def _adam_(
+    params: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    step: torch.Tensor,
+    lr: torch.Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> None:
+    """:meth:`_FlatAdam.step` with the step count and learning rate as tensors (compilable)."""
+    step.add_(1)
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    denom = (exp_avg_sq.sqrt() / bias_correction2.sqrt()).add_(eps)
+    params.sub_((lr / bias_correction1) * exp_avg / denom)
+
+
+def _compile_train_step(
+    grads: PPOGradients, beta1: float, beta2: float, eps: float, max_norm: float | None
+) -> Callable:
+    """``torch.compile`` of a whole fast-path step: closed-form gradients, clipping, Adam."""
+
+    def train_step(
+        params, grad, exp_avg, exp_avg_sq, step, lr, x, a, olp, weight, target, diagnostics
+    ):
+        out = grads.step(
+            grads.views(params), grads.views(grad), x, a, olp, weight, target, diagnostics
         )
-        metrics["lr"] = optimizer.param_groups[0]["lr"]
-        metrics["updates"] = float(updates)
-        return metrics
+        if max_norm is not None:
+            _clip_flat_(grad, max_norm)
+        _adam_(params, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps)
+        return out
+
+    return torch.compile(train_step, dynamic=False, fullgraph=True)
+
+
+class _FlatAdam:
+    """``torch.optim.Adam``'s update on flat buffers in :class:`PPOGradients`' layout.
+
+    Gathers parameters and the moments from the optimizer's state at construction;
+    :meth:`step` applies Adam to ``params`` from ``grad`` (the same arithmetic as
+    ``torch.optim.Adam``'s for-loop implementation, elementwise); :meth:`finish` writes
+    parameters, moments and step counts back, so the optimizer and the modules end exactly
+    where a sequence of ``optimizer.step()`` calls would leave them. An optimizer without
+    state yet takes its first step itself (``optimizer.step()`` creates the state in its own
+    format), then the flat path continues.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, grads: PPOGradients) -> None:
+        self.optimizer, self.grads = optimizer, grads
+        group = optimizer.param_groups[0]
+        self.lr, (self.beta1, self.beta2), self.eps = group["lr"], group["betas"], group["eps"]
+        self.grad = grads.new_buffer().zero_()
+        self.params = grads.load(grads.new_buffer())
+        self.exp_avg = grads.new_buffer()
+        self.exp_avg_sq = grads.new_buffer()
+        self.flat_steps = 0
+        self.started = self._load_state()
+
+    def _load_state(self) -> bool:
+        state = self.optimizer.state
+        params = self.grads.parameters()
+        if not state.get(params[0]):
+            return False
+        self.grads.load(self.exp_avg, {p: state[p]["exp_avg"] for p in params})
+        self.grads.load(self.exp_avg_sq, {p: state[p]["exp_avg_sq"] for p in params})
+        self.step_count = float(state[params[0]]["step"])
+        # Tensor copies for the compiled step (float64: exact step counts, bias corrections).
+        # Shape [1], not []: torch 2.13's compiled graphs dropped the in-place increment of a
+        # 0-d CPU tensor input (the step count stayed put, and Adam's update was off).
+        device = self.params.device
+        self.step_tensor = torch.tensor([self.step_count], dtype=torch.float64, device=device)
+        self.lr_tensor = torch.tensor([self.lr], dtype=torch.float64, device=device)
+        return True
+
+    @staticmethod
+    def unsupported_reason(optimizer: torch.optim.Optimizer, grads: PPOGradients) -> str | None:
+        if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
+            return f"optimizer {type(optimizer).__name__} (the fast path implements Adam)"
+        groups = optimizer.param_groups
+        keys = ("lr", "betas", "eps")
+        for group in groups:
+            if group["weight_decay"] or group["amsgrad"] or group["maximize"]:
+                return "Adam with weight decay, AMSGrad or maximize"
+            if group.get("differentiable") or group.get("capturable"):
+                return "differentiable or capturable Adam"
+            if any(torch.is_tensor(group[k]) for k in ("lr", "eps")):
+                return "a tensor learning rate"
+            if any(group[k] != groups[0][k] for k in keys):
+                return "param groups with different hyperparameters"
+        params = [p for group in groups for p in group["params"]]
+        expected = grads.parameters()
+        if len(params) != len(expected) or {id(p) for p in params} != {id(p) for p in expected}:
+            return "the optimizer's parameters are not exactly the actor's and critic's"
+        hooks = (
+            getattr(optimizer, "_optimizer_step_pre_hooks", None),
+            getattr(optimizer, "_optimizer_step_post_hooks", None),
+            getattr(torch_optimizer, "_global_optimizer_pre_hooks", None),
+            getattr(torch_optimizer, "_global_optimizer_post_hooks", None),
+        )
+        if any(hooks):
+            return "optimizer step hooks"
+        states = [optimizer.state.get(p) for p in params]
+        if any(states) and not all(
+            s and {"step", "exp_avg", "exp_avg_sq"} <= s.keys() and "max_exp_avg_sq" not in s
+            for s in states
+        ):
+            return "partially initialised or unexpected Adam state"
+        if any(states) and len({float(s["step"]) for s in states}) != 1:
+            return "Adam step counts differ between parameters"
+        return None
+
+    def step(self) -> None:
+        if not self.started:
+            # The optimizer creates its state in its own format; continue from there.
+            for p, view in self.grads.param_views(self.grad):
+                p.grad = view
+            self.optimizer.step()
+            self.grads.load(self.params)
+            self.started = self._load_state()
+            return
+        self.step_count += 1
+        self.flat_steps += 1
+        bias_correction1 = 1 - self.beta1**self.step_count
+        bias_correction2 = 1 - self.beta2**self.step_count
+        g = self.grad
+        self.exp_avg.lerp_(g, 1 - self.beta1)
+        self.exp_avg_sq.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
+        denom = self.exp_avg_sq.sqrt().div_(math.sqrt(bias_correction2)).add_(self.eps)
+        self.params.addcdiv_(self.exp_avg, denom, value=-self.lr / bias_correction1)
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        """Write parameters, moments and step counts back; leave the last gradients."""
+        grads = self.grads
+        last = self.grad.clone()
+        for p, view in grads.param_views(last):
+            p.grad = view
+        if not self.flat_steps:
+            return
+        grads.store(self.params)
+        state = self.optimizer.state
+        params = grads.parameters()
+        grads.store(self.exp_avg, {p: state[p]["exp_avg"] for p in params})
+        grads.store(self.exp_avg_sq, {p: state[p]["exp_avg_sq"] for p in params})
+        for p in params:
+            state[p]["step"].add_(self.flat_steps)
+
+
+@torch.no_grad()
+def _gae(
+    gamma: float,
+    lmbda: float,
+    value: torch.Tensor,
+    next_value: torch.Tensor,
+    reward: torch.Tensor,
+    done: torch.Tensor,
+    terminated: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Torchrl's ``generalized_advantage_estimate`` (time at dim -2), bit for bit, faster.
+
+    The same float expressions for the TD errors and discounts, then the backward recursion
+    ``A_t = δ_t + γλ(1 - done_t) A_{t+1}`` over time in numpy: torchrl's loop costs four
+    tensor ops (~20 µs) per time step, 40 ms for a 2048-step round; numpy's ~2 µs. CUDA
+    tensors use torchrl's function.
+    """
+    if value.device.type != "cpu" or value.shape != reward.shape:
+        return generalized_advantage_estimate(
+            gamma, lmbda, value, next_value, reward, done, terminated
+        )
+    not_done, not_terminated = (~done).int(), (~terminated).int()
+    delta = reward + (gamma * not_terminated * next_value) - value
+    discount = lmbda * gamma * not_done
+    # Time first, so each step of the recursion reads contiguous rows.
+    delta_t = delta.movedim(-2, 0).contiguous().numpy()
+    discount_t = discount.movedim(-2, 0).contiguous().numpy()
+    advantage_t = np.empty_like(delta_t)
+    previous = np.zeros_like(delta_t[0])
+    for t in range(delta_t.shape[0] - 1, -1, -1):
+        previous = advantage_t[t] = delta_t[t] + previous * discount_t[t]
+    advantage = torch.from_numpy(advantage_t).movedim(0, -2)
+    return advantage, advantage + value
 
 
 @torch.no_grad()
