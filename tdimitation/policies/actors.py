@@ -154,9 +154,11 @@ class CategoricalActor(MLPActor):
 class GaussianActor(MLPActor):
     """MLP policy over continuous actions: a diagonal Gaussian, clipped to the bounds.
 
-    Writes ``action`` (the mean when deterministic) and ``action_log_prob`` (of the
-    unclipped sample). The log standard deviation is a learned state-independent vector,
-    as in Stable-Baselines3's PPO.
+    Writes ``action`` (the mean when deterministic; clipped to the bounds when given) and
+    ``action_log_prob``. With bounds it also writes ``action_sample``, the unclipped
+    sample the log-probability belongs to: PPO must re-evaluate that sample, not the
+    clipped action (as Stable-Baselines3 stores unclipped actions in its rollout buffer).
+    The log standard deviation is a learned state-independent vector, as in SB3's PPO.
 
     Args:
         obs_dim: observation width.
@@ -195,7 +197,7 @@ class GaussianActor(MLPActor):
         bounds = low is not None and high is not None
         self.register_buffer("low", torch.tensor(low, dtype=torch.float32) if bounds else None)
         self.register_buffer("high", torch.tensor(high, dtype=torch.float32) if bounds else None)
-        self.out_keys = ["action", "action_log_prob"]
+        self.out_keys = ["action", "action_log_prob"] + (["action_sample"] if bounds else [])
 
     def loc(self, observation: torch.Tensor) -> torch.Tensor:
         return mlp_forward(self.net, self.features(observation))
@@ -230,8 +232,11 @@ class GaussianActor(MLPActor):
         else:
             sample = loc + torch.randn_like(loc) * self.log_std.exp()
         log_prob = self._log_prob_at(loc, sample)
-        action = sample if self.low is None else torch.clamp(sample, self.low, self.high)
-        tensordict.set("action", action)
+        if self.low is None:
+            tensordict.set("action", sample)
+        else:
+            tensordict.set("action", torch.clamp(sample, self.low, self.high))
+            tensordict.set("action_sample", sample)
         tensordict.set("action_log_prob", log_prob)
         return tensordict
 

@@ -258,7 +258,10 @@ class PPO(OnlineAlgorithm):
         advantage, value_target, value = self._advantages(batch, reward_fn)
         n = batch.numel()
         obs = batch["observation"].reshape(n, -1)
-        action = batch["action"].reshape(n, *batch["action"].shape[2:])
+        # The sample the stored log-probability belongs to (unclipped, for bounded Gaussians).
+        taken = batch.get("action_sample", None)
+        taken = batch["action"] if taken is None else taken
+        action = taken.reshape(n, *taken.shape[2:])
         old_log_prob = batch["action_log_prob"].reshape(n)
         advantage, value_target = advantage.reshape(n), value_target.reshape(n)
         tensors = (obs, action, old_log_prob, advantage, value_target)

@@ -51,6 +51,12 @@ def test_gaussian_actor_log_prob_and_clipping():
     obs = torch.randn(64, 3)
     out = actor(obs_td(obs))
     assert out["action"].abs().max() <= 0.1 + 1e-7
+    # the unclipped sample is kept, and the stored log-prob is that sample's
+    sample = out["action_sample"]
+    assert (sample.abs() > 0.1).any()  # log_std 0.5: most samples leave the bounds
+    assert torch.equal(out["action"], sample.clamp(-0.1, 0.1))
+    assert torch.allclose(actor.log_prob(obs, sample), out["action_log_prob"], atol=1e-5)
+    assert "action_sample" not in GaussianActor(3, 2)(obs_td(obs)).keys()  # unbounded
     dist = actor.get_dist(obs_td(obs))
     # the log-prob is that of the unclipped sample; check the formula on fresh actions
     actions = torch.randn(64, 2)
