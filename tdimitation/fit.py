@@ -28,7 +28,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from tdimitation.callbacks import PeriodicCheckpoint
 from tdimitation.errors import TdimitationError
 from tdimitation.evaluation import evaluate_module
-from tdimitation.tracking import browse_hint, data_dir, make_mlflow_logger, tracking_uri
+from tdimitation.tracking import (
+    DATA_DIR_ENV,
+    browse_hint,
+    data_dir,
+    make_mlflow_logger,
+    tracking_uri,
+)
 from tdimitation.utils import configure_threads
 
 
@@ -145,6 +151,9 @@ def _run(cli: _FitCLI, checked: set[str]) -> int:
     env_name = str(getattr(model, "env_id", "run")).replace("/", "-")  # ids may have a namespace
     run_name = run_cfg.name or f"{type(model).__name__}-{env_name}-{stamp}"
     root = data_dir(run_cfg.data_dir)
+    if run_cfg.data_dir:
+        # Caches made during the run (collected demonstrations, DAgger buffers) follow too.
+        os.environ[DATA_DIR_ENV] = str(root)
     uri = tracking_uri(root)
     logger = make_mlflow_logger(experiment, run_name=run_name, uri=uri)
     trainer.logger = logger

@@ -55,6 +55,57 @@ def test_fit_logs_everything_to_mlflow(recipe, tmp_path, monkeypatch, capsys):
     assert torch.load(ckpt, weights_only=True)["tdimitation"]["frames"] == 768
 
 
+GAIL_RECIPE = textwrap.dedent("""
+    model:
+      class_path: tdimitation.algorithms.GAIL
+      init_args:
+        env_id: tdimitation/CartPoleFixed-v1
+        num_envs: 4
+        total_frames: 512
+        generator_kwargs: {n_steps: 64, batch_size: 64, n_epochs: 1, hidden_sizes: [16]}
+        demo_batch_size: 128
+        n_disc_updates_per_round: 2
+        reward_kwargs: {use_action: false}
+        generator_reward: logit
+    data:
+      class_path: tdimitation.algorithms.DemonstrationData
+      init_args:
+        env_id: tdimitation/CartPoleFixed-v1
+        expert: scripted
+        n_episodes: 2
+    trainer:
+      enable_progress_bar: false
+      enable_model_summary: false
+    run:
+      experiment: gail-test
+      name: tiny
+      eval_episodes: 2
+""")
+
+
+def test_fit_gail_recipe_caches_demos_in_the_data_dir_and_logs_the_discriminator(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("TDIMITATION_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)  # so a cache in the default ./tdimitation_data would show
+    recipe = tmp_path / "gail.yaml"
+    recipe.write_text(GAIL_RECIPE)
+    data = tmp_path / "data"
+    assert main(["fit", "--config", str(recipe), "--run.data_dir", str(data)]) == 0
+    assert any((data / "demos").iterdir())
+    assert not (tmp_path / "tdimitation_data").exists()
+    client = MlflowClient(f"sqlite:///{data.resolve()}/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("gail-test").experiment_id])[0]
+    metrics = run.data.metrics
+    assert metrics["frames"] == 512 and "eval/return_mean" in metrics
+    for key in ("train/disc/accuracy", "train/disc/loss_discriminator", "train/time/disc_s"):
+        assert key in metrics, key
+    assert run.data.params["generator_reward"] == "logit"
+    ckpt = data / "runs" / "gail-test" / "tiny" / "last.ckpt"
+    assert "reward_net" in torch.load(ckpt, weights_only=True)["tdimitation"]
+
+
 def test_fit_resumes_from_checkpoint_with_a_larger_budget(recipe, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = tmp_path / "data"
