@@ -75,8 +75,11 @@ class AdversarialImitation(OnlineAlgorithm):
             (None: one round's worth).
         reward_kwargs: arguments of the reward network builder (hidden sizes, which
             inputs it reads, input normalisation, ...).
-        normalize_reward: standardise the generator's reward with running statistics (only
-            the RL signal; the discriminator trains on raw logits).
+        normalize_reward: how the generator's reward is normalised (only the RL signal; the
+            discriminator trains on raw logits): ``True``/``"step"`` standardises each
+            step's reward by running mean and std; ``"return"`` divides it by the running
+            std of the discounted return (SB3's ``VecNormalize``; keeps value targets small
+            with long horizons and γ near 1); ``False`` leaves it raw.
         gradient_penalty: weight of the discriminator's gradient penalty (0: none).
         generator_reward: what the generator is rewarded with; None for the algorithm's
             default (GAIL: ``"softplus"`` = ``-log(1 - D)``, or ``"logit"`` =
@@ -107,7 +110,7 @@ class AdversarialImitation(OnlineAlgorithm):
         disc_lr: float = 1e-3,
         gen_replay_buffer_capacity: int | None = None,
         reward_kwargs: dict[str, Any] | None = None,
-        normalize_reward: bool = True,
+        normalize_reward: bool | str = True,
         gradient_penalty: float = 0.0,
         generator_reward: str | None = None,
         bc_warmstart_epochs: int = 0,
@@ -160,7 +163,14 @@ class AdversarialImitation(OnlineAlgorithm):
                 torch.manual_seed(seed + 1)
             self.reward_net = self.build_reward_net(dict(reward_kwargs or {}))
         self.disc_loss = self.build_discriminator_loss()
-        self.reward_norm = RunningNorm((), clip=10.0) if normalize_reward else None
+        if normalize_reward not in (True, False, None, "step", "return"):
+            raise ValueError(
+                f"normalize_reward must be True/'step', 'return' or False, got {normalize_reward!r}"
+            )
+        self.reward_scaling = "step" if normalize_reward is True else (normalize_reward or None)
+        self.reward_norm = RunningNorm((), clip=10.0) if self.reward_scaling else None
+        # Running discounted return of each sub-env, for normalize_reward="return".
+        self.register_buffer("_return_carry", torch.zeros(self.num_envs), persistent=True)
         self.gen_buffer = self.make_transition_buffer(
             gen_replay_buffer_capacity or self.frames_per_batch
         )
@@ -252,9 +262,30 @@ class AdversarialImitation(OnlineAlgorithm):
     def generator_reward(self, tensordict: TensorDictBase) -> torch.Tensor:
         """The reward ``[*B, 1]`` the generator trains on (normalised if configured)."""
         reward = self.disc_loss.generator_reward(tensordict)
-        if self.reward_norm is not None:
+        if self.reward_scaling == "step":
             reward = self.reward_norm(reward)
+        elif self.reward_scaling == "return":
+            # Scaled, not centred (as SB3's VecNormalize): a shift would change returns.
+            scale = (self.reward_norm.var + self.reward_norm.eps).sqrt().to(reward.dtype)
+            reward = (reward / scale).clamp(-10.0, 10.0)
         return reward
+
+    @torch.no_grad()
+    def _update_reward_statistics(self, reward: torch.Tensor, done: torch.Tensor) -> None:
+        """Fold a round's raw generator rewards ``[N, T]`` into the normaliser."""
+        if self.reward_scaling == "step":
+            self.reward_norm.update(reward)
+            return
+        # "return": statistics of the discounted return each step closes (VecNormalize).
+        gamma = float(getattr(self.generator, "hparams", {}).get("gamma", 0.99))
+        carry = self._return_carry.to(reward.device)
+        returns = torch.empty_like(reward)
+        for t in range(reward.shape[1]):
+            carry = gamma * carry + reward[:, t]
+            returns[:, t] = carry
+            carry = torch.where(done[:, t], torch.zeros_like(carry), carry)
+        self._return_carry.copy_(carry)
+        self.reward_norm.update(returns)
 
     def training_round(self, batch: TensorDictBase) -> None:
         hp = self.hparams
@@ -276,8 +307,8 @@ class AdversarialImitation(OnlineAlgorithm):
         start = time.perf_counter()
         with torch.no_grad():
             raw_reward = self.disc_loss.generator_reward(batch)
-            if self.reward_norm is not None:
-                self.reward_norm.update(raw_reward)
+        if self.reward_norm is not None:
+            self._update_reward_statistics(raw_reward[..., 0], batch.get(("next", "done"))[..., 0])
         reward_fn = None if hp.debug_true_reward else self.generator_reward
         self.generator.sync_frames(self.frames)
         generator_metrics = self.generator.update(

@@ -228,6 +228,34 @@ def test_rounds_train_both_networks_and_log_both_returns(cls, cartpole_demos):
     assert model.reward_norm.count.item() == 2 * 128
 
 
+def test_return_based_reward_scaling_follows_discounted_returns(cartpole_demos):
+    model = small(GAIL, cartpole_demos, normalize_reward="return")
+    gamma = model.generator.hparams.gamma
+    g = torch.Generator().manual_seed(0)
+    reward = torch.rand(4, 6, generator=g)
+    done = torch.zeros(4, 6, dtype=torch.bool)
+    done[1, 2] = True
+    model._update_reward_statistics(reward, done)
+    expected = []
+    for i in range(4):
+        running = 0.0
+        for t in range(6):
+            running = gamma * running + float(reward[i, t])
+            expected.append(running)
+            if done[i, t]:
+                running = 0.0
+    expected = torch.tensor(expected, dtype=torch.float64)
+    assert torch.allclose(model.reward_norm.var, expected.var(correction=0), rtol=1e-6)
+    assert model._return_carry[1].item() == pytest.approx(expected[11].item() - 0, rel=1e-5)
+    # the generator's reward is divided by the return's std, not centred
+    batch = transitions(5, 0)
+    raw = model.disc_loss.generator_reward(batch)
+    scaled = model.generator_reward(batch)
+    assert torch.allclose(scaled, raw / model.reward_norm.var.sqrt().float(), rtol=1e-5)
+    with pytest.raises(ValueError, match="normalize_reward"):
+        small(GAIL, cartpole_demos, normalize_reward="sometimes")
+
+
 def test_learned_and_true_returns_are_logged_when_episodes_end(cartpole_demos):
     model = GAIL(
         "CartPole-v1",
