@@ -94,6 +94,8 @@ class AdversarialImitation(OnlineAlgorithm):
             episode early" or "survive", regardless of the demonstrations.
     """
 
+    progress_bar_keys = ("episode/learned_return",)
+
     def __init__(
         self,
         env_id: str,

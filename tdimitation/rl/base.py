@@ -131,6 +131,9 @@ class OnlineAlgorithm(L.LightningModule):
         env_kwargs: extra ``gymnasium.make`` arguments.
     """
 
+    #: Extra metrics of :meth:`log_round` shown in the progress bar (and logged unprefixed).
+    progress_bar_keys: tuple[str, ...] = ()
+
     def __init__(
         self,
         env_id: str,
@@ -249,7 +252,7 @@ class OnlineAlgorithm(L.LightningModule):
         }
         logged |= episode_metrics(batch)
         logged |= metrics or {}
-        bar_keys = {"frames", "episode/return", "episode/length", "fps"}
+        bar_keys = {"frames", "episode/return", "episode/length", "fps", *self.progress_bar_keys}
         self.log_dict(
             {k: v for k, v in logged.items() if k in bar_keys},
             prog_bar=True,
