@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
@@ -235,8 +235,30 @@ class OnlineAlgorithm(L.LightningModule):
         self.training_round(batch)
 
     def training_round(self, batch: TensorDictBase) -> None:
-        """The algorithm's updates on one collected ``[num_envs, T]`` batch."""
-        raise NotImplementedError
+        """The algorithm's updates on one collected ``[num_envs, T]`` batch, then logging.
+
+        By default: :meth:`update` with this module's optimizer and ``manual_backward``.
+        """
+        metrics = self.update(batch, self.optimizers(), self.manual_backward)
+        self.log_round(batch, metrics)
+
+    def update(
+        self,
+        batch: TensorDictBase,
+        optimizer: torch.optim.Optimizer,
+        backward: Callable[[torch.Tensor], None] | None = None,
+        reward_fn: Callable[[TensorDictBase], torch.Tensor] | None = None,
+    ) -> dict[str, float]:
+        """The updates on one collected round; returns the round's metrics (no logging).
+
+        This is the generator interface: adversarial and preference algorithms own the
+        Trainer and drive an RL algorithm through it. ``backward`` defaults to
+        ``loss.backward()`` (pass the driving LightningModule's ``manual_backward`` so
+        precision plugins and strategies apply); ``reward_fn``, when given, maps a batch of
+        transitions to the rewards ``[*B, 1]`` to train on instead of the env's. Call
+        :meth:`sync_frames` first so frame-driven schedules see the driver's frame count.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot be used as a generator")
 
     # ---------------------------------------------------------------- logging
     def log_round(self, batch: TensorDictBase, metrics: dict[str, float] | None = None) -> None:

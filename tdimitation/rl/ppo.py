@@ -212,10 +212,6 @@ class PPO(OnlineAlgorithm):
         )
         return advantage, value_target, value
 
-    def training_round(self, batch: TensorDictBase) -> None:
-        metrics = self.update(batch, self.optimizers(), self.manual_backward)
-        self.log_round(batch, metrics)
-
     def update(
         self,
         batch: TensorDictBase,
@@ -223,12 +219,9 @@ class PPO(OnlineAlgorithm):
         backward: Callable[[torch.Tensor], None] | None = None,
         reward_fn: Callable[[TensorDictBase], torch.Tensor] | None = None,
     ) -> dict[str, float]:
-        """PPO's updates on one collected ``[N, T]`` round batch; returns the round's metrics.
+        """PPO's updates on one collected ``[N, T]`` round (see :meth:`OnlineAlgorithm.update`).
 
-        This is the generator interface adversarial and preference algorithms call (they own
-        the Trainer): ``backward`` defaults to ``loss.backward()`` (pass the Lightning
-        module's ``manual_backward`` for precision plugins), and ``reward_fn``, when given,
-        maps the batch to the rewards ``[N, T, 1]`` PPO trains on instead of the env's.
+        ``reward_fn`` relabels the whole round once, before the advantages.
 
         The minibatch steps take the fast path (closed-form gradients, flat Adam; see the
         class docstring) only when it computes exactly what ``backward(loss)`` and

@@ -688,8 +688,7 @@ class SAC(OnlineAlgorithm):
         return {"replay": self.buffer}
 
     def training_round(self, batch: TensorDictBase) -> None:
-        metrics = self.update(batch, self.optimizers(), self.manual_backward)
-        self.log_round(batch, metrics)
+        super().training_round(batch)
         self._policy.explore_randomly = self.frames < self.learning_starts
 
     def update(
@@ -699,14 +698,11 @@ class SAC(OnlineAlgorithm):
         backward: Callable[[torch.Tensor], None] | None = None,
         reward_fn: Callable[[TensorDictBase], torch.Tensor] | None = None,
     ) -> dict[str, float]:
-        """Store one collected round and run its gradient steps; returns the round's metrics.
+        """Store one round and run its gradient steps (see :meth:`OnlineAlgorithm.update`).
 
-        This is the generator interface adversarial and preference algorithms call (they own
-        the Trainer): ``backward`` defaults to ``loss.backward()`` (pass the Lightning
-        module's ``manual_backward`` for precision plugins). ``reward_fn``, when given, maps
-        each sampled minibatch of transitions (``TRANSITION_KEYS``) to the rewards ``[B, 1]``
-        SAC trains on, so replayed transitions always carry the current learned reward.
-        Gradient steps start once ``self.frames`` plus this round reach ``learning_starts``.
+        ``reward_fn`` relabels each sampled block of transitions (``TRANSITION_KEYS``), so
+        replayed transitions always carry the current learned reward. Gradient steps start
+        once ``self.frames`` plus this round reach ``learning_starts``.
         """
         self.store_transitions(self.buffer, batch)
         metrics: dict[str, float] = {}
