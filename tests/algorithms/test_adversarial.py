@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,19 +19,9 @@ from tdimitation.policies import CategoricalActor, load_policy
 from tdimitation.policies.actors import build_actor
 from tdimitation.policies.registry import policy_from_string
 from tdimitation.rewards import MLPRewardNet, ShapedRewardNet, load_reward
+from tests.helpers import quiet_trainer as trainer
 
 CARTPOLE_FIXED = "tdimitation/CartPoleFixed-v1"
-
-
-def trainer(**kwargs) -> L.Trainer:
-    options = dict(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    return L.Trainer(**(options | kwargs))
 
 
 @pytest.fixture(scope="module")

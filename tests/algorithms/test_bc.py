@@ -1,4 +1,3 @@
-import lightning as L
 import pytest
 import torch
 from tensordict import TensorDict
@@ -9,16 +8,7 @@ from tdimitation.envs import make_env
 from tdimitation.errors import SpaceMismatchError, TrajectoryError
 from tdimitation.objectives import BCLoss
 from tdimitation.policies import CategoricalActor, GaussianActor, policy_from_string
-
-
-def trainer():
-    return L.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
+from tests.helpers import quiet_trainer as trainer
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """BC's fast path: analytic gradients, raw optimizer steps inside a block, cheap logging."""
 
-import lightning as L
 import pytest
 import torch
 
@@ -9,17 +8,7 @@ from tdimitation.data import rollout
 from tdimitation.envs import make_env
 from tdimitation.objectives import BCLoss
 from tdimitation.policies import CategoricalActor, GaussianActor, policy_from_string
-
-
-def trainer(**kwargs):
-    return L.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        **kwargs,
-    )
+from tests.helpers import quiet_trainer as trainer
 
 
 @pytest.fixture(scope="module")

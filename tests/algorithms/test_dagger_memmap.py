@@ -2,7 +2,6 @@
 
 import gc
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -11,17 +10,7 @@ from torchrl.data import LazyMemmapStorage, LazyTensorStorage
 
 from tdimitation.algorithms.dagger import DAgger
 from tdimitation.callbacks import PeriodicCheckpoint
-
-
-def trainer(**kwargs):
-    kwargs.setdefault("max_epochs", 1)
-    return L.Trainer(
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        **kwargs,
-    )
+from tests.helpers import quiet_trainer as trainer
 
 
 def test_large_buffers_are_memory_mapped_by_default(tmp_path):

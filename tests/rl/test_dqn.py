@@ -20,6 +20,7 @@ from tdimitation.errors import SpaceMismatchError
 from tdimitation.policies import QValueActor, load_policy
 from tdimitation.rl.base import TRANSITION_KEYS
 from tdimitation.rl.dqn import DQN, QLearningLoss
+from tests.helpers import quiet_trainer as trainer
 
 torch.set_num_threads(1)
 
@@ -43,17 +44,6 @@ SMALL = dict(
     seed=0,
 )
 MID_ROUND = 5  # the mid-run checkpoint is taken after this round (0-based)
-
-
-def trainer(callbacks=()) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        callbacks=list(callbacks),
-    )
 
 
 def nets_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:

@@ -5,7 +5,6 @@ import sys
 import textwrap
 import time
 
-import lightning as L
 import pytest
 import torch
 from tensordict import TensorDict
@@ -21,17 +20,7 @@ from tdimitation.objectives import PPOClipLoss
 from tdimitation.policies import CategoricalActor, load_policy
 from tdimitation.policies.critics import ValueCritic
 from tdimitation.rl.ppo import PPO
-
-
-def trainer(**kwargs):
-    return L.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        **kwargs,
-    )
+from tests.helpers import quiet_trainer as trainer
 
 
 def test_loss_matches_torchrl_clip_ppo_loss():

@@ -12,17 +12,7 @@ from tdimitation.policies import CategoricalActor
 from tdimitation.policies.actors import GaussianActor
 from tdimitation.policies.critics import ValueCritic
 from tdimitation.rl.ppo import PPO, _lightning_blocker
-
-
-def trainer(**kwargs):
-    return L.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        **kwargs,
-    )
+from tests.helpers import quiet_trainer as trainer
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ from tdimitation.rl.sac import (
     EnsembleMLP,
     SoftActorCriticLoss,
 )
+from tests.helpers import quiet_trainer as trainer
 
 torch.set_num_threads(1)
 
@@ -53,17 +54,6 @@ SMALL = dict(
     normalize_observations=True,
     seed=0,
 )
-
-
-def trainer(callbacks=()) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        callbacks=list(callbacks),
-    )
 
 
 class Rounds(L.Callback):
