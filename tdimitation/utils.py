@@ -41,3 +41,10 @@ def configure_threads() -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("TDIMITATION_NUM_THREADS", "1")))
+
+
+def check_positive(**values: float) -> None:
+    """Raise ``ValueError`` naming the first argument that is not > 0."""
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")

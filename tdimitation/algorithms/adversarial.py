@@ -40,6 +40,7 @@ from tdimitation.rewards import (
 from tdimitation.rl.base import OnlineAlgorithm
 from tdimitation.rl.ppo import PPO
 from tdimitation.rl.sac import SAC
+from tdimitation.utils import check_positive
 
 #: Generator algorithms by name. GAIL and AIRL both accept on- and off-policy generators.
 GENERATORS: dict[str, type[OnlineAlgorithm]] = {"ppo": PPO, "sac": SAC}
@@ -148,13 +149,11 @@ class AdversarialImitation(OnlineAlgorithm):
             fixed_horizon=fixed_horizon,
             env_kwargs=env_kwargs,
         )
-        for name, value in (
-            ("demo_batch_size", demo_batch_size),
-            ("n_disc_updates_per_round", n_disc_updates_per_round),
-            ("disc_lr", disc_lr),
-        ):
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
+        check_positive(
+            demo_batch_size=demo_batch_size,
+            n_disc_updates_per_round=n_disc_updates_per_round,
+            disc_lr=disc_lr,
+        )
         if bc_warmstart_epochs < 0:
             raise ValueError(f"bc_warmstart_epochs must be >= 0, got {bc_warmstart_epochs}")
         self.save_hyperparameters(ignore=["demonstrations"])

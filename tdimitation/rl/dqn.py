@@ -38,6 +38,7 @@ from tdimitation.errors import SpaceMismatchError
 from tdimitation.nn import mlp_forward
 from tdimitation.policies.actors import QValueActor, build_actor
 from tdimitation.rl.base import OnlineAlgorithm
+from tdimitation.utils import check_positive
 
 _LOSS_FUNCTIONS = ("smooth_l1", "l2")
 
@@ -259,8 +260,8 @@ class DQN(OnlineAlgorithm):
             env_kwargs=env_kwargs,
         )
         self.save_hyperparameters()
-        _check_positive(batch_size=batch_size, buffer_size=buffer_size)
-        _check_positive(target_update_interval=target_update_interval)
+        check_positive(batch_size=batch_size, buffer_size=buffer_size)
+        check_positive(target_update_interval=target_update_interval)
         if buffer_size < batch_size:
             raise ValueError(
                 f"buffer_size ({buffer_size}) is smaller than batch_size ({batch_size})"
@@ -407,9 +408,3 @@ class DQN(OnlineAlgorithm):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         self.num_updates = int(checkpoint["tdimitation"]["dqn"]["num_updates"])
-
-
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if int(value) < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value}")

@@ -50,6 +50,7 @@ from tdimitation.policies.actors import (
     observation_width,
 )
 from tdimitation.rl.base import OnlineAlgorithm, plain_backward
+from tdimitation.utils import check_positive
 
 __all__ = [
     "SAC",
@@ -603,7 +604,7 @@ class SAC(OnlineAlgorithm):
             env_kwargs=env_kwargs,
         )
         self.save_hyperparameters()
-        _check_positive(buffer_size=buffer_size, batch_size=batch_size, utd_ratio=utd_ratio, lr=lr)
+        check_positive(buffer_size=buffer_size, batch_size=batch_size, utd_ratio=utd_ratio, lr=lr)
         if buffer_size < batch_size:
             raise ValueError(
                 f"buffer_size ({buffer_size}) must hold at least one minibatch ({batch_size})"
@@ -803,12 +804,6 @@ def _describe(signature: dict[str, Any]) -> str:
     else:
         actions = f"{actor['action_dim']}-dimensional Box actions"
     return f"{actor['obs_dim']}-dimensional observations and {actions}"
-
-
-def _check_positive(**values: float) -> None:
-    for name, value in values.items():
-        if not value > 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
 
 
 def _is_discrete(action_spec, env_id: str) -> bool:
