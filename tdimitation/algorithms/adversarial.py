@@ -262,7 +262,10 @@ class AdversarialImitation(OnlineAlgorithm):
     # --------------------------------------------------------------- training
     def generator_reward(self, tensordict: TensorDictBase) -> torch.Tensor:
         """The reward ``[*B, 1]`` the generator trains on (normalised if configured)."""
-        reward = self.disc_loss.generator_reward(tensordict)
+        return self._scale_reward(self.disc_loss.generator_reward(tensordict))
+
+    def _scale_reward(self, reward: torch.Tensor) -> torch.Tensor:
+        """The configured normalisation of raw generator rewards."""
         if self.reward_scaling == "step":
             reward = self.reward_norm(reward)
         elif self.reward_scaling == "return":
@@ -310,7 +313,15 @@ class AdversarialImitation(OnlineAlgorithm):
             raw_reward = self.disc_loss.generator_reward(batch)
         if self.reward_norm is not None:
             self._update_reward_statistics(raw_reward[..., 0], batch.get(("next", "done"))[..., 0])
-        reward_fn = None if hp.debug_true_reward else self.generator_reward
+
+        def reward_fn(tensordict: TensorDictBase) -> torch.Tensor:
+            # The round itself was just scored above: reuse it (PPO relabels exactly it).
+            if tensordict is batch:
+                return self._scale_reward(raw_reward)
+            return self.generator_reward(tensordict)
+
+        if hp.debug_true_reward:
+            reward_fn = None
         self.generator.sync_frames(self.frames)
         generator_metrics = self.generator.update(
             batch, gen_optimizer, self.manual_backward, reward_fn

@@ -183,16 +183,8 @@ class RewardEnsemble(RewardNet):
         update_stats: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and unbiased variance over members of their processed rewards (no grad)."""
-        with torch.no_grad():
-            values = torch.stack(
-                [
-                    m.predict_processed(
-                        observation, action, next_observation, done, update_stats=update_stats
-                    )
-                    for m in self.members
-                ]
-            )
-            return values.mean(0), values.var(0, correction=1)
+        values = self._members_processed(observation, action, next_observation, done, update_stats)
+        return values.mean(0), values.var(0, correction=1)
 
     def predict_processed(
         self,
@@ -202,16 +194,28 @@ class RewardEnsemble(RewardNet):
         done: MaybeTensor,
         update_stats: bool = True,
     ) -> torch.Tensor:
-        with torch.no_grad():
-            values = torch.stack(
-                [
-                    m.predict_processed(
-                        observation, action, next_observation, done, update_stats=update_stats
-                    )
-                    for m in self.members
-                ]
-            )
-            return values.mean(0)
+        return self._members_processed(
+            observation, action, next_observation, done, update_stats
+        ).mean(0)
+
+    @torch.no_grad()
+    def _members_processed(
+        self,
+        observation: MaybeTensor,
+        action: MaybeTensor,
+        next_observation: MaybeTensor,
+        done: MaybeTensor,
+        update_stats: bool,
+    ) -> torch.Tensor:
+        """Every member's processed reward, ``[M, *B]``."""
+        return torch.stack(
+            [
+                m.predict_processed(
+                    observation, action, next_observation, done, update_stats=update_stats
+                )
+                for m in self.members
+            ]
+        )
 
     def _own_config(self) -> dict:
         return {"members": [module_spec(m) for m in self.members]}
