@@ -6,10 +6,14 @@ taken on one machine at one time.
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
@@ -39,3 +43,54 @@ def run_reference(script: str, *args: str) -> dict | None:
         print(f"reference {script} failed:", out.stderr[-1500:], file=sys.stderr)
         return None
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_reference_source(python: Path, source: str, *args: object) -> dict | None:
+    """Run inline ``source`` with the venv's ``python``; parse its last stdout line as JSON.
+
+    Returns None when it fails (its stderr tail is printed).
+    """
+    out = subprocess.run(
+        [str(python), "-c", source, *map(str, args)], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        print(f"reference run failed:\n{out.stderr[-2000:]}")
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_seeds(
+    args: argparse.Namespace,
+    run_ours: Callable[[int, argparse.Namespace], dict],
+    run_reference_seed: Callable[[int, argparse.Namespace, Path], dict | None],
+    summarize: Callable[[list[dict]], None],
+) -> None:
+    """Ours for every ``args.seeds``, then the reference (with ``args.sb3``), then a summary.
+
+    One torch thread and quiet library logging, as every benchmark here; with
+    ``args.json`` all results are also written there.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("torchrl").setLevel(logging.WARNING)
+    results = []
+    for seed in args.seeds:
+        result = run_ours(seed, args)
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    if args.sb3:
+        python = reference_python()
+        if python is None:
+            print("no reference venv; skipping SB3 (see benchmarks/reference/)")
+        else:
+            for seed in args.seeds:
+                result = run_reference_seed(seed, args, python)
+                if result is not None:
+                    print(json.dumps(result), flush=True)
+                    results.append(result)
+    summarize(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))

@@ -23,18 +23,13 @@ Run: ``python benchmarks/bench_sac.py [--seeds 0 1 2] [--frames 30000] [--sb3]``
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import statistics
-import subprocess
 import time
-import warnings
 from pathlib import Path
 
 import lightning as L
-import torch
 import yaml
-from _reference import reference_python
+from _reference import run_reference_source, run_seeds
 
 from tdimitation.data import episode_returns, rollout
 from tdimitation.envs import make_env
@@ -196,13 +191,10 @@ print(json.dumps({"impl": "sb3", "seed": seed, "reached": cb.reached, "best_retu
 
 
 def run_sb3(seed: int, args: argparse.Namespace, python: Path) -> dict | None:
-    cmd = [str(python), "-c", SB3_SCRIPT, str(seed), str(args.frames), str(args.eval_every)]
-    cmd += [str(args.target), "0" if args.no_stop else "1"]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        print(f"SB3 run failed:\n{out.stderr[-2000:]}")
-        return None
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    stop = "0" if args.no_stop else "1"
+    return run_reference_source(
+        python, SB3_SCRIPT, seed, args.frames, args.eval_every, args.target, stop
+    )
 
 
 def summarize(results: list[dict]) -> None:
@@ -241,30 +233,7 @@ def main() -> None:
     parser.add_argument("--no-stop", action="store_true", help="train to the budget")
     parser.add_argument("--sb3", action="store_true", help="also run Stable-Baselines3's SAC")
     parser.add_argument("--json", type=Path, help="write all results to this file")
-    args = parser.parse_args()
-
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    logging.getLogger("torchrl").setLevel(logging.WARNING)
-    results = []
-    for seed in args.seeds:
-        result = run_ours(seed, args)
-        print(json.dumps(result), flush=True)
-        results.append(result)
-    if args.sb3:
-        python = reference_python()
-        if python is None:
-            print("no reference venv; skipping SB3 (see benchmarks/reference/)")
-        else:
-            for seed in args.seeds:
-                result = run_sb3(seed, args, python)
-                if result is not None:
-                    print(json.dumps(result), flush=True)
-                    results.append(result)
-    summarize(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    run_seeds(parser.parse_args(), run_ours, run_sb3, summarize)
 
 
 if __name__ == "__main__":
