@@ -25,7 +25,7 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from tensordict import TensorDictBase
 from torch.utils.data import DataLoader
 
-from tdimitation.data.trajectory import check_matches_env, check_trajectories
+from tdimitation.data.trajectory import check_matches_env, check_trajectories, episode_lengths
 from tdimitation.errors import TdimitationError, TrajectoryError
 from tdimitation.nn import RunningNorm
 from tdimitation.objectives.adversarial import AIRLDiscriminatorLoss, DiscriminatorLoss
@@ -223,7 +223,7 @@ class AdversarialImitation(OnlineAlgorithm):
                 "or lower demo_batch_size"
             )
         if not self.hparams.allow_variable_horizon:
-            self._check_horizon(_episode_lengths(demonstrations), "the demonstrations")
+            self._check_horizon(episode_lengths(demonstrations), "the demonstrations")
         self.demonstrations = demonstrations.select(*_DISCRIMINATOR_KEYS).to(self.device)
 
     def make_train_loader(self, demonstrations: TensorDictBase) -> DataLoader:
@@ -456,12 +456,6 @@ def _build_generator(cls: type[OnlineAlgorithm], **kwargs: Any) -> OnlineAlgorit
         return cls(**kwargs)
     finally:
         _given_hyperparameters.reset(token)
-
-
-def _episode_lengths(trajectories: TensorDictBase) -> torch.Tensor:
-    """Lengths of the episodes of a flat trajectory set."""
-    episode = trajectories.get("episode")
-    return torch.unique_consecutive(episode, return_counts=True)[1]
 
 
 def _finished_episode_sums(
