@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -38,8 +40,6 @@ def configure_threads() -> None:
     Small networks on a CPU gain nothing from intra-op threads and lose a lot when another
     process holds a core (stack notes §0.9: single phases ran 10x slower).
     """
-    import torch
-
     torch.set_num_threads(int(os.environ.get("TDIMITATION_NUM_THREADS", "1")))
 
 
@@ -48,3 +48,16 @@ def check_positive(**values: float) -> None:
     for name, value in values.items():
         if not value > 0:
             raise ValueError(f"{name} must be > 0, got {value}")
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Draw from torch's RNG seeded with ``seed`` inside the block (None: unseeded).
+
+    The caller's global RNG state is restored afterwards, so seeding a network's
+    initialisation does not change what else draws from it.
+    """
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield

@@ -40,7 +40,7 @@ from tdimitation.rewards import (
 from tdimitation.rl.base import OnlineAlgorithm
 from tdimitation.rl.ppo import PPO
 from tdimitation.rl.sac import SAC
-from tdimitation.utils import check_positive
+from tdimitation.utils import check_positive, seeded
 
 #: Generator algorithms by name. GAIL and AIRL both accept on- and off-policy generators.
 GENERATORS: dict[str, type[OnlineAlgorithm]] = {"ppo": PPO, "sac": SAC}
@@ -159,9 +159,7 @@ class AdversarialImitation(OnlineAlgorithm):
         self.save_hyperparameters(ignore=["demonstrations"])
         gen.env.close()  # the generator collects through this module's env
         self.generator = gen
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed + 1)
+        with seeded(None if seed is None else seed + 1):
             self.reward_net = self.build_reward_net(dict(reward_kwargs or {}))
         self.disc_loss = self.build_discriminator_loss()
         if normalize_reward not in (True, False, None, "step", "return"):

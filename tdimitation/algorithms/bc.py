@@ -18,6 +18,7 @@ from tdimitation.envs import make_env
 from tdimitation.errors import TrajectoryError
 from tdimitation.objectives.bc import BCLoss
 from tdimitation.policies.actors import build_actor
+from tdimitation.utils import seeded
 
 
 class DemonstrationData(L.LightningDataModule):
@@ -338,8 +339,7 @@ class BC(L.LightningModule):
         self.automatic_optimization = False
         self.env = make_env(env_id, seed=seed, env_kwargs=env_kwargs, fixed_horizon=fixed_horizon)
         # Initial weights from ``seed``, not from the global RNG's state: runs repeat.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.policy = build_actor(
                 self.env, kind=policy_kind, hidden_sizes=hidden_sizes, activation=activation
             )

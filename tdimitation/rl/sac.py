@@ -50,7 +50,7 @@ from tdimitation.policies.actors import (
     observation_width,
 )
 from tdimitation.rl.base import OnlineAlgorithm, plain_backward
-from tdimitation.utils import check_positive
+from tdimitation.utils import check_positive, seeded
 
 __all__ = [
     "SAC",
@@ -635,9 +635,7 @@ class SAC(OnlineAlgorithm):
         self.discrete = _is_discrete(action_spec, env_id)
         obs_dim = observation_width(self.env)
         # Seeded initialisation without disturbing the caller's global RNG.
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with seeded(seed):
             self.actor = build_actor(
                 self.env,
                 kind="categorical" if self.discrete else "tanh_normal",
