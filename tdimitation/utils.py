@@ -61,3 +61,23 @@ def seeded(seed: int | None) -> Iterator[None]:
         if seed is not None:
             torch.manual_seed(seed)
         yield
+
+
+def nonplain_training_reason(trainer) -> str | None:
+    """Why Lightning's backward/step under ``trainer`` may do more than plain torch calls.
+
+    With the default 32-bit ``Precision`` plugin on a ``SingleDeviceStrategy``,
+    ``manual_backward(loss)`` is ``loss.backward()`` plus hooks and ``LightningOptimizer``
+    steps are ``optimizer.step()`` plus hooks and a counter; other precisions (autocast,
+    loss scaling) and strategies (gradient synchronisation) are not. The fast update paths
+    of BC and PPO are taken only when this returns None (each also checks its hooks).
+    """
+    from lightning.pytorch.plugins.precision import Precision
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    strategy = trainer.strategy
+    if type(strategy) is not SingleDeviceStrategy:
+        return f"strategy {type(strategy).__name__}"
+    if type(strategy.precision_plugin) is not Precision:
+        return f"precision {trainer.precision}"
+    return None

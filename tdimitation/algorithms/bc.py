@@ -18,7 +18,7 @@ from tdimitation.envs import make_env
 from tdimitation.errors import TrajectoryError
 from tdimitation.objectives.bc import BCLoss
 from tdimitation.policies.actors import build_actor
-from tdimitation.utils import seeded
+from tdimitation.utils import nonplain_training_reason, seeded
 
 
 class DemonstrationData(L.LightningDataModule):
@@ -436,12 +436,8 @@ class BC(L.LightningModule):
         trainer = self._trainer
         if not self.hparams.get("fast_updates", True) or trainer is None:
             return None
-        from lightning.pytorch.plugins.precision import Precision
-        from lightning.pytorch.strategies import SingleDeviceStrategy
-
         if (
-            type(trainer.precision_plugin) is not Precision
-            or type(trainer.strategy) is not SingleDeviceStrategy
+            nonplain_training_reason(trainer) is not None
             or type(self).backward is not L.LightningModule.backward
         ):
             return None

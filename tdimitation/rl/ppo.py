@@ -10,8 +10,6 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
-from lightning.pytorch.plugins.precision import Precision
-from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from tensordict import TensorDictBase
 from torch.optim import optimizer as torch_optimizer
@@ -27,6 +25,7 @@ from tdimitation.policies.actors import (
 )
 from tdimitation.policies.critics import ValueCritic
 from tdimitation.rl.base import OnlineAlgorithm, plain_backward
+from tdimitation.utils import nonplain_training_reason
 
 
 class PPO(OnlineAlgorithm):
@@ -493,11 +492,9 @@ def _lightning_blocker(optimizer: torch.optim.Optimizer, backward: Callable | No
     trainer = module._trainer
     if trainer is None:
         return "the LightningModule is not attached to a Trainer"
-    strategy = trainer.strategy
-    if type(strategy) is not SingleDeviceStrategy:
-        return f"strategy {type(strategy).__name__}"
-    if type(strategy.precision_plugin) is not Precision:
-        return f"precision {trainer.precision}"
+    reason = nonplain_training_reason(trainer)
+    if reason is not None:
+        return reason
     if trainer.gradient_clip_val:
         return "Trainer gradient clipping"
     if any(is_overridden(hook, module) for hook in ("backward", *_LIGHTNING_HOOKS)):
