@@ -238,7 +238,6 @@ class AdversarialImitation(OnlineAlgorithm):
                 f"{type(self).__name__} has no demonstrations: pass demonstrations= (a "
                 "trajectory set or dataset path) or a DemonstrationData datamodule"
             )
-        self.demonstrations = self.demonstrations.to(self.device)
         return super().train_dataloader()
 
     def _check_horizon(self, lengths: torch.Tensor, where: str) -> None:
