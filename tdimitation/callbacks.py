@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 import lightning as L
+import torch
 
-from tdimitation.utils import atomic_path
+from tdimitation.utils import atomic_path, default_num_threads
 
 
 class PeriodicCheckpoint(L.Callback):
@@ -47,3 +48,54 @@ class PeriodicCheckpoint(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._save(trainer)
+
+
+class ThreadCount(L.Callback):
+    """Run a fit at ``num_threads`` torch threads and restore the previous count after.
+
+    The algorithms add it themselves (``configure_callbacks``), so ``trainer.fit`` from
+    Python runs as fast as the command line. The count is restored when the fit ends or
+    fails, so the caller's own torch code keeps its setting.
+
+    Args:
+        num_threads: intra-op threads during the fit; None: :func:`default_num_threads`
+            (``$TDIMITATION_NUM_THREADS``, else 1).
+    """
+
+    def __init__(self, num_threads: int | None = None) -> None:
+        if num_threads is not None and int(num_threads) < 1:
+            raise ValueError(f"num_threads must be a positive integer, got {num_threads}")
+        self.num_threads = num_threads
+        self._previous: int | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self._previous is None:
+            self._previous = torch.get_num_threads()
+        torch.set_num_threads(self.num_threads or default_num_threads())
+
+    def _restore(self) -> None:
+        if self._previous is not None:
+            torch.set_num_threads(self._previous)
+            self._previous = None
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._restore()
+
+
+class FitThreads:
+    """Mixin of the algorithms: every fit runs under :class:`ThreadCount`.
+
+    Set ``module.num_threads`` (or ``$TDIMITATION_NUM_THREADS``) to override the count;
+    ``module.num_threads = 0`` leaves torch's setting alone.
+    """
+
+    #: Torch threads during a fit: None for the default, 0 to leave torch's setting alone.
+    num_threads: int | None = None
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        if self.num_threads == 0:
+            return []
+        return [ThreadCount(self.num_threads)]

@@ -23,6 +23,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 from tdimitation.data import rollout, rollout_stats
 from tdimitation.data.trajectory import episode_returns
 from tdimitation.errors import TdimitationError
+from tdimitation.rng import isolated_sampling
 from tdimitation.utils import atomic_path
 
 GIF_SUFFIXES = (".gif",)
@@ -54,9 +55,12 @@ def evaluate_policy(
         :func:`~tdimitation.data.rollout_stats` (``n_traj``, ``n_transitions``,
         ``return_{min,mean,std,max}``, ``len_{min,mean,std,max}``) plus ``return_median``.
     """
-    trajectories = rollout(
-        policy, env, min_episodes=n_episodes, deterministic=deterministic, seed=seed
-    )
+    # Sampling draws from its own generator and the global RNGs are restored: evaluating
+    # in the middle of training leaves the run exactly as it was.
+    with isolated_sampling(policy if isinstance(policy, torch.nn.Module) else None, seed):
+        trajectories = rollout(
+            policy, env, min_episodes=n_episodes, deterministic=deterministic, seed=seed
+        )
     stats = rollout_stats(trajectories)
     if "return_mean" in stats:
         stats["return_median"] = float(episode_returns(trajectories).median())
@@ -69,9 +73,10 @@ def evaluate_module(module, n_episodes: int = 20) -> dict[str, float]:
     ``module`` is any tdimitation algorithm (``export_policy()``, ``make_env(num_envs,
     seed)``, ``seed``); the env is fresh, seeded apart from training, and closed after.
     """
-    env = module.make_env(num_envs=min(n_episodes, 8), seed=10_000 + (module.seed or 0))
+    seed = 10_000 + (module.seed or 0)
+    env = module.make_env(num_envs=min(n_episodes, 8), seed=seed)
     try:
-        return evaluate_policy(module.export_policy(), env, n_episodes, deterministic=True)
+        return evaluate_policy(module.export_policy(), env, n_episodes, True, seed=seed)
     finally:
         env.close()
 

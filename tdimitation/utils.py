@@ -34,13 +34,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def configure_threads() -> None:
-    """Use ``$TDIMITATION_NUM_THREADS`` torch threads (default 1).
+#: Environment variable overriding the torch thread count of training and the commands.
+NUM_THREADS_ENV = "TDIMITATION_NUM_THREADS"
 
-    Small networks on a CPU gain nothing from intra-op threads and lose a lot when another
-    process holds a core (stack notes §0.9: single phases ran 10x slower).
-    """
-    torch.set_num_threads(int(os.environ.get("TDIMITATION_NUM_THREADS", "1")))
+#: The thread count training runs at unless told otherwise. These algorithms' networks are
+#: small (tens to hundreds of units): a second intra-op thread costs more in synchronisation
+#: than it saves, and when another process holds a core each threaded op waits for it
+#: (benchmarks/bench_threads.py measures both on the machine at hand).
+DEFAULT_NUM_THREADS = 1
+
+
+def default_num_threads() -> int:
+    """``$TDIMITATION_NUM_THREADS`` if set, else :data:`DEFAULT_NUM_THREADS`."""
+    value = os.environ.get(NUM_THREADS_ENV)
+    if value is None:
+        return DEFAULT_NUM_THREADS
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ValueError(f"{NUM_THREADS_ENV} must be a positive integer, got {value!r}")
+    return threads
+
+
+def configure_threads() -> None:
+    """Use :func:`default_num_threads` torch threads for the whole process (the commands)."""
+    torch.set_num_threads(default_num_threads())
 
 
 def check_positive(**values: float) -> None:

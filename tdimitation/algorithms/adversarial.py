@@ -40,6 +40,7 @@ from tdimitation.rewards import (
 from tdimitation.rl.base import OnlineAlgorithm
 from tdimitation.rl.ppo import PPO
 from tdimitation.rl.sac import SAC
+from tdimitation.rng import randint, randperm
 from tdimitation.utils import check_positive, seeded
 
 #: Generator algorithms by name. GAIL and AIRL both accept on- and off-policy generators.
@@ -337,7 +338,7 @@ class AdversarialImitation(OnlineAlgorithm):
         n_demos = self.demonstrations.numel()
         outs = []
         for _ in range(hp.n_disc_updates_per_round):
-            index = torch.randint(n_demos, (hp.demo_batch_size,), device=self.device)
+            index = randint(n_demos, (hp.demo_batch_size,), self.rng, self.device)
             expert = self.demonstrations[index]
             generator = self.gen_buffer.sample(hp.demo_batch_size).to(self.device)
             out = self.disc_loss(expert, generator)
@@ -364,7 +365,7 @@ class AdversarialImitation(OnlineAlgorithm):
         optimizer = torch.optim.Adam(actor.parameters(), lr=lr)
         n = self.demonstrations.numel()
         for _ in range(epochs):
-            perm = torch.randperm(n, device=self.device)
+            perm = randperm(n, self.rng, self.device)
             for start in range(0, n - batch_size + 1, batch_size):
                 rows = self.demonstrations[perm[start : start + batch_size]]
                 loss = loss_module(rows)["loss"]

@@ -13,6 +13,7 @@ import torch
 from tensordict import TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
 
+from tdimitation.callbacks import FitThreads
 from tdimitation.data.trajectory import check_matches_env, check_trajectories
 from tdimitation.envs import make_env
 from tdimitation.errors import TrajectoryError
@@ -260,7 +261,7 @@ class _DirectAdam:
             )
 
 
-class BC(L.LightningModule):
+class BC(FitThreads, L.LightningModule):
     """Behavioral cloning: maximise the likelihood of the expert's actions.
 
     Data comes from a :class:`DemonstrationData` passed to ``trainer.fit(model,

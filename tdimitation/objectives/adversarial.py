@@ -29,9 +29,10 @@ from torchrl.objectives import LossModule
 
 from tdimitation.errors import TdimitationError
 from tdimitation.rewards.nets import evaluating
+from tdimitation.rng import Stochastic, uniform
 
 
-class DiscriminatorLoss(LossModule):
+class DiscriminatorLoss(LossModule, Stochastic):
     """GAIL's discriminator loss: BCE-with-logits, expert label 1, generator label 0.
 
     ``forward(expert, generator)`` takes two batches of transitions of equal size and
@@ -192,7 +193,8 @@ class DiscriminatorLoss(LossModule):
         leaves: list[torch.Tensor] = []
         for index, (e, g) in enumerate(zip(expert_in, generator_in, strict=True)):
             if e.is_floating_point() and index != 3:  # done stays a flag
-                weight = torch.rand(n, *([1] * (e.ndim - 1)), device=e.device, dtype=e.dtype)
+                shape = (n, *([1] * (e.ndim - 1)))
+                weight = uniform(shape, self.rng, e.device, e.dtype)  # the run's generator
                 x = (weight * e + (1 - weight) * g).requires_grad_(True)
                 leaves.append(x)
                 mixed.append(x)

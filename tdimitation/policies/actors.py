@@ -28,6 +28,7 @@ from torchrl.envs.utils import ExplorationType, exploration_type
 
 from tdimitation.errors import SpaceMismatchError
 from tdimitation.nn import ACTIVATIONS, RunningNorm, build_mlp, mlp_forward
+from tdimitation.rng import Stochastic, exponential, normal, randint, uniform
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -37,8 +38,11 @@ def is_deterministic() -> bool:
     return exploration_type() in (ExplorationType.DETERMINISTIC, ExplorationType.MODE)
 
 
-class MLPActor(TensorDictModuleBase):
+class MLPActor(TensorDictModuleBase, Stochastic):
     """Base of the MLP actors: observation normalisation and the saved ``config``.
+
+    Sampling draws from ``rng`` when a training run attached its generator
+    (:func:`tdimitation.rng.attach_rng`), else from torch's global RNG.
 
     Args:
         obs_dim: observation width.
@@ -127,13 +131,19 @@ class CategoricalActor(MLPActor):
         entropy = -(log_p.exp() * log_p).sum(-1)
         return log_p.gather(-1, action.long().unsqueeze(-1)).squeeze(-1), entropy
 
+    def sampling_state(self) -> dict:
+        return {"cache": self._noise_cache, "pos": self._noise_pos}
+
+    def set_sampling_state(self, state: dict) -> None:
+        self._noise_cache, self._noise_pos = state.get("cache"), state.get("pos", 0)
+
     def _gumbel_noise(self, like: torch.Tensor) -> torch.Tensor:
         # log(E), E ~ Exp(1), drawn in blocks of calls: one indexing op per step instead of
         # three random ops (collection calls the policy once per vector step).
         cache = self._noise_cache
         if cache is None or cache.shape[1:] != like.shape or self._noise_pos >= cache.shape[0]:
-            cache = torch.empty((256,) + like.shape, dtype=like.dtype, device=like.device)
-            self._noise_cache = cache.exponential_().log_()
+            shape = (256,) + tuple(like.shape)
+            self._noise_cache = exponential(shape, self.rng, like.device, like.dtype).log_()
             self._noise_pos = 0
         noise = self._noise_cache[self._noise_pos]
         self._noise_pos += 1
@@ -230,7 +240,8 @@ class GaussianActor(MLPActor):
         if is_deterministic():
             sample = loc
         else:
-            sample = loc + torch.randn_like(loc) * self.log_std.exp()
+            noise = normal(loc.shape, self.rng, loc.device, loc.dtype)
+            sample = loc + noise * self.log_std.exp()
         log_prob = self._log_prob_at(loc, sample)
         if self.low is None:
             tensordict.set("action", sample)
@@ -309,7 +320,7 @@ class TanhNormalActor(MLPActor):
     def sample(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A reparameterised action and its log-probability (gradients flow through both)."""
         mu, log_std = self._heads(observation)
-        noise = torch.randn_like(mu)
+        noise = normal(mu.shape, self.rng, mu.device, mu.dtype)
         u = mu + noise * log_std.exp()
         # log N(u; mu, sigma) with u - mu = noise * sigma, written out: building a validated
         # Normal per call costs more than the arithmetic at these sizes.
@@ -380,8 +391,8 @@ class QValueActor(MLPActor):
         q = self.q_values(tensordict.get("observation"))
         action = q.argmax(-1)
         if not is_deterministic() and float(self.epsilon) > 0:
-            explore = torch.rand(action.shape, device=q.device) < self.epsilon
-            random_action = torch.randint(q.shape[-1], action.shape, device=q.device)
+            explore = uniform(action.shape, self.rng, q.device) < self.epsilon
+            random_action = randint(q.shape[-1], action.shape, self.rng, q.device)
             action = torch.where(explore, random_action, action)
         tensordict.set("action", action)
         tensordict.set("action_value", q)

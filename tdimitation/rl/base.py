@@ -34,9 +34,11 @@ from tensordict.nn import TensorDictModuleBase
 from torch.utils.data import DataLoader, IterableDataset
 from torchrl.data import LazyTensorStorage, ReplayBuffer, TensorDictReplayBuffer
 
+from tdimitation.callbacks import FitThreads
 from tdimitation.data.collector import VecCollector
 from tdimitation.envs import GymVecEnv, make_env
 from tdimitation.policies.registry import policy_payload
+from tdimitation.rng import attach_rng, make_rng
 
 
 class _RoundIndices(IterableDataset):
@@ -113,7 +115,7 @@ def episode_metrics(batch: TensorDictBase) -> dict[str, float]:
     return metrics
 
 
-class OnlineAlgorithm(L.LightningModule):
+class OnlineAlgorithm(FitThreads, L.LightningModule):
     """Base class of online (collect-then-update) algorithms.
 
     Subclasses build their networks in ``__init__`` (after calling this one), implement
@@ -162,6 +164,9 @@ class OnlineAlgorithm(L.LightningModule):
         self.seed = seed
         self.fixed_horizon = fixed_horizon
         self.env_kwargs = dict(env_kwargs or {})
+        # Every random draw of the run (sampling actions, minibatches, replay) comes from
+        # this generator, reseeded when training starts and kept in checkpoints.
+        self.rng: torch.Generator = make_rng(seed)
         self.env: GymVecEnv = self.make_env()
         self.frames = 0  # frames collected so far (restored from checkpoints)
         self.collector: VecCollector | None = None
@@ -189,6 +194,15 @@ class OnlineAlgorithm(L.LightningModule):
         """The trained policy saved with checkpoints (default: the collection policy)."""
         return self.collection_policy()
 
+    def online_modules(self) -> list[OnlineAlgorithm]:
+        """This algorithm and the online algorithms it drives (e.g. a generator), in order."""
+        return [m for m in self.modules() if isinstance(m, OnlineAlgorithm)]
+
+    def seed_rngs(self, seed: int) -> None:
+        """Seed the generators of this algorithm and of the ones it drives (distinct streams)."""
+        for i, module in enumerate(self.online_modules()):
+            module.rng.manual_seed(int(seed) + 1_000_003 * i)
+
     def sync_frames(self, frames: int) -> None:
         """Set the frame counter when another algorithm drives this one as a component.
 
@@ -206,9 +220,11 @@ class OnlineAlgorithm(L.LightningModule):
             )
         if self.seed is not None and self.frames == 0:
             _seed_everything(self.seed)
+            self.seed_rngs(self.seed)
         elif self.seed is not None:
             # A resumed run continues with fresh episodes, not the first run's initial states.
             self.env.set_seed(self.seed + self.frames)
+        attach_rng(self, self.rng)
         self.collector = VecCollector(
             self.env,
             self.collection_policy(),
@@ -293,7 +309,8 @@ class OnlineAlgorithm(L.LightningModule):
     def make_transition_buffer(self, capacity: int) -> TensorDictReplayBuffer:
         """A replay buffer of :data:`TRANSITION_KEYS` rows, never larger than the budget."""
         return TensorDictReplayBuffer(
-            storage=LazyTensorStorage(max(1, min(int(capacity), self.total_frames)))
+            storage=LazyTensorStorage(max(1, min(int(capacity), self.total_frames))),
+            generator=self.rng,
         )
 
     @staticmethod
@@ -317,6 +334,7 @@ class OnlineAlgorithm(L.LightningModule):
                 "torch": torch.get_rng_state(),
                 "numpy": _numpy_rng_state(),
                 "python": list(random.getstate()[1]),
+                "generators": [m.rng.get_state() for m in self.online_modules()],
             },
             "buffers": {name: buffer_state(rb) for name, rb in self.replay_buffers().items()},
             # The exported policy, so load_policy("tdimitation", "last.ckpt") works.
@@ -332,6 +350,10 @@ class OnlineAlgorithm(L.LightningModule):
         torch.set_rng_state(state["rng"]["torch"])
         _set_numpy_rng_state(state["rng"]["numpy"])
         random.setstate((3, tuple(state["rng"]["python"]), None))
+        for module, rng_state in zip(
+            self.online_modules(), state["rng"].get("generators", []), strict=False
+        ):
+            module.rng.set_state(rng_state)
         buffers = self.replay_buffers()
         for name, saved in state["buffers"].items():
             load_buffer_state(buffers[name], saved)

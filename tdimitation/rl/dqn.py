@@ -38,7 +38,7 @@ from tdimitation.errors import SpaceMismatchError
 from tdimitation.nn import mlp_forward
 from tdimitation.policies.actors import QValueActor, build_actor
 from tdimitation.rl.base import OnlineAlgorithm
-from tdimitation.utils import check_positive
+from tdimitation.utils import check_positive, seeded
 
 _LOSS_FUNCTIONS = ("smooth_l1", "l2")
 
@@ -284,13 +284,15 @@ class DQN(OnlineAlgorithm):
                 f"actions of shape {tuple(act_spec.shape)}; use SAC or PPO for continuous or "
                 "multi-discrete actions"
             )
-        self.actor: QValueActor = build_actor(
-            self.env,
-            kind="qvalue",
-            hidden_sizes=hidden_sizes,
-            activation=activation,
-            normalize_observations=normalize_observations,
-        )
+        # Initial weights from ``seed``, not from the global RNG's state: runs repeat.
+        with seeded(seed):
+            self.actor: QValueActor = build_actor(
+                self.env,
+                kind="qvalue",
+                hidden_sizes=hidden_sizes,
+                activation=activation,
+                normalize_observations=normalize_observations,
+            )
         self.actor.epsilon.fill_(self.exploration_rate(0))
         self.loss = QLearningLoss(
             self.actor, gamma=gamma, double_dqn=double_dqn, loss_function=loss_function

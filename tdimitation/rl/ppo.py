@@ -25,7 +25,8 @@ from tdimitation.policies.actors import (
 )
 from tdimitation.policies.critics import ValueCritic
 from tdimitation.rl.base import OnlineAlgorithm, plain_backward
-from tdimitation.utils import nonplain_training_reason
+from tdimitation.rng import randperm
+from tdimitation.utils import nonplain_training_reason, seeded
 
 
 class PPO(OnlineAlgorithm):
@@ -131,20 +132,22 @@ class PPO(OnlineAlgorithm):
                 f"({num_envs * n_steps})"
             )
         self.save_hyperparameters()
-        self.actor: MLPActor = build_actor(
-            self.env,
-            hidden_sizes=hidden_sizes,
-            activation=activation,
-            normalize_observations=normalize_observations,
-        )
+        # Initial weights from ``seed``, not from the global RNG's state: runs repeat.
+        with seeded(seed):
+            self.actor: MLPActor = build_actor(
+                self.env,
+                hidden_sizes=hidden_sizes,
+                activation=activation,
+                normalize_observations=normalize_observations,
+            )
+            self.critic = ValueCritic(
+                observation_width(self.env), hidden_sizes, activation, obs_norm=self.actor.obs_norm
+            )
         if isinstance(self.actor, GaussianActor):
             self.actor.log_std.data.fill_(float(log_std_init))
             self.actor.config["log_std_init"] = float(log_std_init)
         elif not isinstance(self.actor, CategoricalActor):
             raise ValueError(f"PPO supports Discrete and Box actions, got {self.actor}")
-        self.critic = ValueCritic(
-            observation_width(self.env), hidden_sizes, activation, obs_norm=self.actor.obs_norm
-        )
         self.loss_module = PPOClipLoss(
             self.actor,
             self.critic,
@@ -308,7 +311,7 @@ class PPO(OnlineAlgorithm):
         updates = 0
         for _, diagnostics in self._epochs():
             # One gather per epoch; minibatches are then contiguous views.
-            perm = torch.randperm(n, device=obs.device)
+            perm = randperm(n, self.rng, obs.device)
             epoch_tensors = [t[perm] for t in (obs, action, old_log_prob, advantage, value_target)]
             epoch_logged = []
             for i in range(n // hp.batch_size):
@@ -358,7 +361,7 @@ class PPO(OnlineAlgorithm):
         logged: list[dict[str, torch.Tensor]] = []
         updates = 0
         for _, diagnostics in self._epochs():
-            perm = torch.randperm(n, device=obs.device)
+            perm = randperm(n, self.rng, obs.device)
             # [count, 2, size, d]: each minibatch's twin inputs contiguous.
             x = inputs[:, perm].view(2, count, size, -1).transpose(0, 1).contiguous()
             a = actions[perm].view(count, size, -1)

@@ -50,6 +50,7 @@ from tdimitation.policies.actors import (
     observation_width,
 )
 from tdimitation.rl.base import OnlineAlgorithm, plain_backward
+from tdimitation.rng import Stochastic, randint, uniform
 from tdimitation.utils import check_positive, seeded
 
 __all__ = [
@@ -448,13 +449,13 @@ class DiscreteSoftActorCriticLoss(_SoftActorCriticBase):
         }
 
 
-class _WarmupPolicy(TensorDictModuleBase):
+class _WarmupPolicy(TensorDictModuleBase, Stochastic):
     """Uniformly random actions while ``explore_randomly`` is set, else the actor.
 
     The collector keeps one policy for the whole run, so the SAC module flips the flag
     when the warm-up ends. Deterministic exploration always uses the actor. Random
-    actions come from the global torch RNG (checkpointed, so resumed runs repeat them)
-    and carry their true log-probability, so batches keep the same keys throughout.
+    actions come from the run's generator (``rng``, checkpointed, so resumed runs repeat
+    them) and carry their true log-probability, so batches keep the same keys throughout.
     """
 
     def __init__(self, actor: nn.Module, action_spec) -> None:
@@ -480,9 +481,9 @@ class _WarmupPolicy(TensorDictModuleBase):
         batch = tensordict.batch_size
         device = tensordict.get("observation").device
         if self.n_actions is not None:
-            action = torch.randint(self.n_actions, batch, device=device)
+            action = randint(self.n_actions, batch, self.rng, device)
         else:
-            u = torch.rand(batch + self.low.shape, device=device)
+            u = uniform(batch + self.low.shape, self.rng, device)
             action = self.low + u * self.width
         tensordict.set("action", action)
         tensordict.set("action_log_prob", torch.full(batch, self.log_density, device=device))
