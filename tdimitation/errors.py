@@ -1,7 +1,9 @@
 """Exceptions raised for bad input.
 
 Every error a user can cause derives from :class:`TdimitationError`, so the command line
-can print its one-line message without a traceback.
+can print its one-line message without a traceback, and also from ``ValueError`` (bad
+values) or ``OSError`` (files), so ordinary ``except`` clauses catch it. Code raises the
+specific classes below, never the base class itself.
 """
 
 from __future__ import annotations
@@ -31,6 +33,18 @@ class PolicyError(TdimitationError, ValueError):
     """A policy specification cannot be resolved or loaded."""
 
 
+class HorizonError(TrajectoryError):
+    """Episodes of different lengths where an algorithm needs one fixed horizon."""
+
+
+class CheckpointError(TdimitationError, OSError):
+    """A checkpoint is missing, unreadable, or not one of a tdimitation training run."""
+
+
+class VideoError(TdimitationError, ValueError):
+    """A video cannot be written: unknown file type, missing writer, or no RGB frames."""
+
+
 __all__ = [
     "TdimitationError",
     "TrajectoryError",
@@ -38,4 +52,7 @@ __all__ = [
     "SpaceMismatchError",
     "EnvCreationError",
     "PolicyError",
+    "HorizonError",
+    "CheckpointError",
+    "VideoError",
 ]

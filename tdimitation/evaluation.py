@@ -22,7 +22,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 
 from tdimitation.data import rollout, rollout_stats
 from tdimitation.data.trajectory import episode_returns
-from tdimitation.errors import TdimitationError
+from tdimitation.errors import VideoError
 from tdimitation.rng import isolated_sampling
 from tdimitation.utils import atomic_path
 
@@ -91,7 +91,7 @@ def _headless_rendering() -> None:
 def _frame(env) -> np.ndarray:
     frame = env.render()[0]
     if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[-1] not in (3, 4):
-        raise TdimitationError(
+        raise VideoError(
             f"{getattr(env, 'env_id', 'the environment')} did not render an RGB frame in "
             f"render_mode='rgb_array' (got {type(frame).__name__}); it cannot be recorded"
         )
@@ -133,21 +133,21 @@ def video_format(path: str | os.PathLike) -> str:
     """``"gif"`` or ``"movie"`` for a video path, checking the writer is available.
 
     Raises:
-        TdimitationError: an unknown suffix, or a movie suffix without ``imageio`` and
+        VideoError: an unknown suffix, or a movie suffix without ``imageio`` and
             ``imageio-ffmpeg`` installed.
     """
     suffix = Path(path).suffix.lower()
     if suffix in GIF_SUFFIXES:
         return "gif"
     if suffix not in MOVIE_SUFFIXES:
-        raise TdimitationError(
+        raise VideoError(
             f"unknown video type {Path(path).name!r}: use a .gif path (or .mp4 with imageio "
             "installed)"
         )
     if importlib.util.find_spec("imageio") is None or (
         importlib.util.find_spec("imageio_ffmpeg") is None
     ):
-        raise TdimitationError(
+        raise VideoError(
             f"writing {suffix} videos needs the optional packages imageio and imageio-ffmpeg "
             "(pip install imageio imageio-ffmpeg); or give a .gif path"
         )
@@ -189,7 +189,7 @@ def record_video(
         ``Path(path)``.
 
     Raises:
-        TdimitationError: unknown suffix, missing optional writer, or an env that does
+        VideoError: unknown suffix, missing optional writer, or an env that does
             not render RGB frames.
     """
     from tdimitation.envs import make_env

@@ -26,7 +26,7 @@ import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from tdimitation.callbacks import PeriodicCheckpoint
-from tdimitation.errors import TdimitationError
+from tdimitation.errors import CheckpointError
 from tdimitation.evaluation import evaluate_module
 from tdimitation.tracking import (
     DATA_DIR_ENV,
@@ -126,16 +126,16 @@ def _make_cli(argv: list[str]) -> _FitCLI:
 def check_checkpoint(path: str | os.PathLike) -> None:
     """Fail early, with one clear line, on a missing, corrupted or foreign checkpoint."""
     if not os.path.isfile(path):
-        raise TdimitationError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise TdimitationError(
+        raise CheckpointError(
             f"checkpoint {path} is corrupted or unreadable ({type(err).__name__}); resume "
             "from an earlier checkpoint or start a new run"
         ) from None
     if not isinstance(state, dict) or "tdimitation" not in state or "state_dict" not in state:
-        raise TdimitationError(
+        raise CheckpointError(
             f"{path} is not a checkpoint of a tdimitation training run (no 'tdimitation' state)"
         )
 

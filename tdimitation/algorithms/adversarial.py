@@ -26,7 +26,7 @@ from tensordict import TensorDictBase
 from torch.utils.data import DataLoader
 
 from tdimitation.data.trajectory import check_matches_env, check_trajectories, episode_lengths
-from tdimitation.errors import TdimitationError, TrajectoryError
+from tdimitation.errors import HorizonError, TrajectoryError
 from tdimitation.nn import RunningNorm
 from tdimitation.objectives.adversarial import AIRLDiscriminatorLoss, DiscriminatorLoss
 from tdimitation.objectives.bc import BCLoss
@@ -248,7 +248,7 @@ class AdversarialImitation(OnlineAlgorithm):
         if self._horizon is not None:
             seen.add(self._horizon)
         if len(seen) > 1:
-            raise TdimitationError(
+            raise HorizonError(
                 f"episodes of different lengths {sorted(seen)[:6]} in {where}: "
                 f"{type(self).__name__}'s learned reward can then teach ending episodes early "
                 "or late regardless of the demonstrations. Use a fixed-horizon env (e.g. "

@@ -40,7 +40,7 @@ from torchrl.data import Bounded, MultiCategorical, TensorDictReplayBuffer
 from torchrl.data import Categorical as CategoricalSpec
 from torchrl.objectives import LossModule
 
-from tdimitation.errors import SpaceMismatchError
+from tdimitation.errors import PolicyError, SpaceMismatchError
 from tdimitation.nn import ACTIVATIONS
 from tdimitation.policies.actors import (
     CategoricalActor,
@@ -300,7 +300,7 @@ class SoftActorCriticLoss(_SoftActorCriticBase):
         loss_function: str = "l2",
     ) -> None:
         if not isinstance(actor, TanhNormalActor):
-            raise TypeError(f"SoftActorCriticLoss needs a TanhNormalActor, got {type(actor)}")
+            raise PolicyError(f"SoftActorCriticLoss needs a TanhNormalActor, got {type(actor)}")
         action_dim = int(actor.action_scale.numel())
         super().__init__(
             actor,
@@ -394,7 +394,7 @@ class DiscreteSoftActorCriticLoss(_SoftActorCriticBase):
         loss_function: str = "l2",
     ) -> None:
         if not isinstance(actor, CategoricalActor):
-            raise TypeError(
+            raise PolicyError(
                 f"DiscreteSoftActorCriticLoss needs a CategoricalActor, got {type(actor)}"
             )
         n_actions = int(actor.config["n_actions"])
