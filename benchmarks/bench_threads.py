@@ -86,7 +86,8 @@ def main() -> None:
             for threads in args.threads:
                 seconds = job(threads, demos)
                 times[name][threads].append(seconds)
-                print(f"repeat {repeat + 1}/{args.repeats} {name} {threads} threads: {seconds:.2f} s")
+                step = f"repeat {repeat + 1}/{args.repeats} {name} {threads} threads"
+                print(f"{step}: {seconds:.2f} s")
     load = os.getloadavg()[0]
     print(f"\ncores: {os.cpu_count()}, torch default threads: {torch.get_num_threads()}, "
           f"1-min load at the end: {load:.2f}\n")

@@ -177,7 +177,9 @@ def main() -> None:
         "--data-dir", type=Path, default=ROOT / "benchmarks" / "results" / "data"
     )
     parser.add_argument("--table", help="name of the RESULTS.md section to regenerate")
-    parser.add_argument("--table-recipes", nargs="*", help="recipes in the table (default: --recipes)")
+    parser.add_argument(
+        "--table-recipes", nargs="*", help="recipes in the table (default: --recipes)"
+    )
     parser.add_argument("--target", type=float, default=None, help="return to count seeds against")
     parser.add_argument("--write", action="store_true", help="regenerate the RESULTS.md table")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="-- then extra fit arguments")
