@@ -31,6 +31,14 @@ class PolicyError(TdimitationError, ValueError):
     """A policy specification cannot be resolved or loaded."""
 
 
+class NetworkError(TdimitationError, ValueError):
+    """A network builder or normaliser got an invalid option (activation, sizes, decay)."""
+
+
+class LossError(TdimitationError, ValueError):
+    """A loss module is misconfigured or got batches it cannot use."""
+
+
 __all__ = [
     "TdimitationError",
     "TrajectoryError",
@@ -38,4 +46,6 @@ __all__ = [
     "SpaceMismatchError",
     "EnvCreationError",
     "PolicyError",
+    "NetworkError",
+    "LossError",
 ]
