@@ -67,7 +67,8 @@ def test_frozen_lake_observations_are_one_hot(frozen_lake):
     # One-hot rows (float) are accepted in place of indices, and give the same reward.
     one_hot = full.reward(F.one_hot(obs, 16).float(), act, F.one_hot(nxt, 16).float(), done)
     assert torch.allclose(one_hot, r, atol=1e-6)
-    assert torch.allclose(net(td.clone())["learned_reward"][..., 0], net.reward(obs, act, None, None))
+    written = net(td.clone())["learned_reward"][..., 0]
+    assert torch.allclose(written, net.reward(obs, act, None, None))
 
 
 def test_frozen_lake_input_errors(frozen_lake):
