@@ -1,4 +1,4 @@
-"""Reward net foundations: the base class, wrappers' base, errors and the class registry.
+"""Reward net foundations: the base class, the wrappers' base and the class registry.
 
 Reward networks are TensorDict modules mapping transitions (s, a, s', done) to rewards.
 

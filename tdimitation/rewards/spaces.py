@@ -117,7 +117,8 @@ def observation_features(
     if num_states is None:
         return value.reshape(*batch, -1).to(torch.get_default_dtype())
     if value.is_floating_point():
-        return value.reshape(*batch, num_states)  # already one-hot (or a distribution)
+        # Already one-hot (or a distribution over the values).
+        return value.reshape(*batch, num_states).to(torch.get_default_dtype())
     if tuple(value.shape) != tuple(batch):
         raise SpaceMismatchError(
             f"expected discrete observations of shape {tuple(batch)} (int64 indices), got "
