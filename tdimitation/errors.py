@@ -45,6 +45,14 @@ class VideoError(TdimitationError, ValueError):
     """A video cannot be written: unknown file type, missing writer, or no RGB frames."""
 
 
+class NetworkError(TdimitationError, ValueError):
+    """A network builder or normaliser got an invalid option (activation, sizes, decay)."""
+
+
+class LossError(TdimitationError, ValueError):
+    """A loss module is misconfigured or got batches it cannot use."""
+
+
 __all__ = [
     "TdimitationError",
     "TrajectoryError",
@@ -55,4 +63,6 @@ __all__ = [
     "HorizonError",
     "CheckpointError",
     "VideoError",
+    "NetworkError",
+    "LossError",
 ]

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tdimitation.errors import NetworkError
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
     "relu": nn.ReLU,
@@ -37,7 +39,9 @@ def build_mlp(
             a zero bias (0.01 is usual for policy heads, 1.0 for value heads).
     """
     if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        raise NetworkError(
+            f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}"
+        )
     layers: list[nn.Module] = []
     width = in_features
     for size in hidden_sizes:
@@ -144,25 +148,35 @@ class RunningNorm(_MomentNorm):
 
 
 class EMANorm(_MomentNorm):
-    """Normalise inputs by exponentially weighted moving mean and variance.
+    """Normalise inputs by exponentially weighted moving mean and variance, per batch.
 
-    Same interface as :class:`RunningNorm` (``update(x)``, ``forward(x)``, buffers
-    ``mean``/``var``/``count``), but recent batches weigh more, so the statistics follow a
-    drifting input (a reward net's output while it trains). Update rule for a batch with
-    mean ``m_b`` and population variance ``v_b``, with ``w = 1 - decay``:
+    Same interface as :class:`RunningNorm` (``update(x)``, ``forward(x)``), but recent
+    batches weigh more, so the statistics follow a drifting input (a reward net's output
+    while it trains). The statistics after ``n`` batches are those of the mixture of all
+    batches seen, batch ``i`` (0-based) weighted by ``decay ** (n - 1 - i)`` whatever its
+    size: its mean is the weighted mean of the batch means, its variance the weighted mean
+    of the batch variances plus the weighted spread of the batch means around the mean.
 
-    * first batch (``count == 0``): ``mean = m_b``, ``var = v_b``;
-    * later batches: ``delta = m_b - mean``; ``mean += w * delta``;
-      ``var = decay * (var + w * delta**2) + w * v_b``.
+    They are computed incrementally: the ``n``-th batch (mean ``m_b``, population variance
+    ``v_b``) enters with rate ``r = 1 / sum(decay ** k for k < n)``, so the first batch is
+    taken whole (``r = 1``: no bias toward the placeholder mean 0 and variance 1) and ``r``
+    falls to ``1 - decay`` as batches accumulate (a plain EMA in the limit). With
+    ``delta = m_b - mean``::
 
-    That is the mean and variance of a mixture putting weight ``decay`` on the old
-    statistics and ``w`` on the batch. ``count`` counts the samples seen. With
-    ``decay=0.5``, batches ``[1, 3]`` then ``[5, 7, 9]`` give mean 4.5 and variance
-    97/12 (8.0833).
+        mean <- mean + r * delta
+        var  <- (1 - r) * var + r * (v_b + (1 - r) * delta ** 2)
+
+    which is the two-component mixture of the old statistics (weight ``1 - r``) and the
+    batch (weight ``r``). With ``decay=0.5``, batches ``[1, 3]`` then ``[5, 7, 9]`` give
+    rates 1 then 2/3, mean 16/3 and variance 23/3.
+
+    Buffers (saved in state dicts and checkpoints): ``mean``, ``var``, ``count`` (samples
+    seen), ``num_batches`` (int64) and ``inv_learning_rate`` (the sum ``1 / r`` after the
+    last update).
 
     Args:
         shape: shape of one input (without the batch dimension); ``()`` for scalars.
-        decay: weight of the old statistics at each update, in (0, 1).
+        decay: weight of the old statistics relative to a new batch, in (0, 1).
         eps: added to the variance before the square root.
         clip: optional bound on the normalised values.
     """
@@ -176,22 +190,22 @@ class EMANorm(_MomentNorm):
     ) -> None:
         super().__init__(shape, eps, clip)
         if not 0.0 < float(decay) < 1.0:
-            raise ValueError(
+            raise NetworkError(
                 f"EMANorm decay must be in (0, 1), got {decay}; 0.99 averages over about "
                 "the last 100 batches"
             )
         self.decay = float(decay)
+        self.register_buffer("num_batches", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("inv_learning_rate", torch.zeros((), dtype=torch.float64))
 
     def _fold(self, batch_mean: torch.Tensor, batch_var: torch.Tensor, n: int) -> None:
-        if self.count.item() == 0:
-            # Averaging with the placeholder statistics (0, 1) would bias the first updates.
-            self.mean.copy_(batch_mean)
-            self.var.copy_(batch_var)
-        else:
-            w = 1.0 - self.decay
-            delta = batch_mean - self.mean
-            self.mean += w * delta
-            self.var.copy_(self.decay * (self.var + w * delta.pow(2)) + w * batch_var)
+        # Tensor arithmetic throughout: no host synchronisation when the buffers are on a GPU.
+        self.inv_learning_rate += self.decay ** self.num_batches.to(torch.float64)
+        rate = self.inv_learning_rate.reciprocal()
+        delta = batch_mean - self.mean
+        self.mean += rate * delta
+        self.var.copy_((1 - rate) * self.var + rate * (batch_var + (1 - rate) * delta.pow(2)))
+        self.num_batches += 1
         self.count += n
 
 
@@ -216,9 +230,11 @@ def build_cnn(
         activation: name in :data:`ACTIVATIONS`.
     """
     if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        raise NetworkError(
+            f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}"
+        )
     if not (len(hidden_channels) == len(kernel_sizes) == len(strides)) or not hidden_channels:
-        raise ValueError(
+        raise NetworkError(
             "build_cnn needs one kernel size and one stride per conv layer, got "
             f"hidden_channels={list(hidden_channels)}, kernel_sizes={list(kernel_sizes)}, "
             f"strides={list(strides)}"
@@ -236,13 +252,14 @@ def build_cnn(
 def cnn_output_width(cnn: nn.Module, image_shape: Sequence[int]) -> int:
     """Width of ``cnn``'s flat output for one ``(C, H, W)`` image.
 
-    Raises a ``ValueError`` naming the image shape when it is too small for the conv stack.
+    Raises a :class:`~tdimitation.errors.NetworkError` (a ``ValueError``) naming the image
+    shape when it is too small for the conv stack.
     """
     try:
         with torch.no_grad():
             out = cnn(torch.zeros((1, *(int(s) for s in image_shape))))
     except RuntimeError as err:
-        raise ValueError(
+        raise NetworkError(
             f"images of shape (C, H, W) = {tuple(image_shape)} are too small for this conv "
             f"stack ({err}); use smaller kernel_sizes/strides"
         ) from None

@@ -27,7 +27,7 @@ from tensordict.utils import NestedKey
 from torch import nn
 from torchrl.objectives import LossModule
 
-from tdimitation.errors import TdimitationError
+from tdimitation.errors import LossError
 from tdimitation.rewards.nets import evaluating
 from tdimitation.rng import Stochastic, uniform
 
@@ -39,7 +39,15 @@ class DiscriminatorLoss(LossModule, Stochastic):
     returns ``loss`` (the total), ``loss_discriminator`` (the BCE), ``grad_penalty`` (when
     enabled), and metrics: ``accuracy``, ``accuracy_expert``, ``accuracy_generator``,
     ``entropy`` (mean binary entropy of the predictions, in nats), ``logit_expert`` and
-    ``logit_generator`` (means), ``n_expert`` and ``n_generator``.
+    ``logit_generator`` (means), ``n_expert`` and ``n_generator``,
+    ``proportion_expert_true`` (the share of expert samples in the batch, 0.5 with
+    batches of equal size) and ``proportion_expert_pred`` (the share of samples the
+    discriminator calls expert, ``logit > 0``). These are ``imitation``'s ``disc_acc``,
+    ``disc_acc_expert``, ``disc_acc_gen``, ``disc_entropy``, ``n_expert``, ``n_generated``,
+    ``disc_proportion_expert_true`` and ``disc_proportion_expert_pred``.
+
+    Bad arguments and batches raise :class:`~tdimitation.errors.LossError` (a
+    ``ValueError``).
 
     The optional gradient penalty (Gulrajani et al. 2017) adds
     ``gradient_penalty * E[(||grad_x logit(x)|| - 1)^2]`` at random interpolations ``x`` of
@@ -77,18 +85,18 @@ class DiscriminatorLoss(LossModule, Stochastic):
     ) -> None:
         super().__init__()
         if generator_reward_type not in ("softplus", "logit"):
-            raise ValueError(
+            raise LossError(
                 "generator_reward_type must be 'softplus' or 'logit', got "
                 f"{generator_reward_type!r}"
             )
         self.generator_reward_type = generator_reward_type
         if not callable(getattr(reward_net, "reward", None)):
-            raise TypeError(
+            raise LossError(
                 f"{type(reward_net).__name__} has no reward(observation, action, "
                 "next_observation, done) method: use a tdimitation.rewards network"
             )
         if gradient_penalty < 0:
-            raise ValueError(f"gradient_penalty must be >= 0, got {gradient_penalty}")
+            raise LossError(f"gradient_penalty must be >= 0, got {gradient_penalty}")
         self.reward_net = reward_net
         self.gradient_penalty = float(gradient_penalty)
         self._tensor_keys = self._AcceptedKeys()
@@ -144,13 +152,13 @@ class DiscriminatorLoss(LossModule, Stochastic):
         """The loss and metrics on one expert and one generator batch of equal size."""
         n_expert, n_generator = expert.numel(), generator.numel()
         if n_expert != n_generator:
-            raise ValueError(
+            raise LossError(
                 f"the discriminator needs expert and generator batches of the same size, got "
                 f"{n_expert} expert and {n_generator} generator transitions: draw as many "
                 "demonstrations per update as generator samples (demo batch size)"
             )
         if n_expert == 0:
-            raise ValueError("the discriminator got empty batches")
+            raise LossError("the discriminator got empty batches")
         expert_in = [t.reshape(n_expert, *t.shape[expert.ndim :]) for t in self.inputs(expert)]
         generator_in = [
             t.reshape(n_generator, *t.shape[generator.ndim :]) for t in self.inputs(generator)
@@ -167,7 +175,8 @@ class DiscriminatorLoss(LossModule, Stochastic):
             out["grad_penalty"] = penalty.detach()
             loss = loss + self.gradient_penalty * penalty
         with torch.no_grad():
-            correct = (logits > 0) == labels.bool()
+            predicted_expert = logits > 0
+            correct = predicted_expert == labels.bool()
             probability = torch.sigmoid(logits)
             # Binary entropy from logits, stable for large |logit|.
             entropy = F.binary_cross_entropy_with_logits(logits, probability, reduction="none")
@@ -180,6 +189,8 @@ class DiscriminatorLoss(LossModule, Stochastic):
                 "logit_generator": logits[n_expert:].mean(),
                 "n_expert": torch.tensor(float(n_expert)),
                 "n_generator": torch.tensor(float(n_generator)),
+                "proportion_expert_true": labels.mean(),
+                "proportion_expert_pred": predicted_expert.float().mean(),
             }
         out["loss"] = loss
         out["loss_discriminator"] = bce
@@ -227,7 +238,7 @@ class AIRLDiscriminatorLoss(DiscriminatorLoss):
             the paper's reward, an entropy-regularised objective).
 
     Raises:
-        TdimitationError: if the policy cannot give log-probabilities.
+        LossError: if the policy cannot give log-probabilities.
     """
 
     def __init__(
@@ -239,14 +250,14 @@ class AIRLDiscriminatorLoss(DiscriminatorLoss):
         generator_reward_type: str = "f",
     ) -> None:
         if generator_reward_type not in ("f", "logit"):
-            raise ValueError(
+            raise LossError(
                 "AIRL's generator_reward_type must be 'f' or 'logit', got "
                 f"{generator_reward_type!r}"
             )
         super().__init__(reward_net, gradient_penalty=gradient_penalty)
         self.generator_reward_type = generator_reward_type
         if not callable(getattr(policy, "log_prob", None)):
-            raise TdimitationError(
+            raise LossError(
                 f"AIRL needs a generator policy with log-probabilities (log_prob(observation, "
                 f"action)), but {type(policy).__name__} has none: use a stochastic policy "
                 "such as PPO's or SAC's actor (DQN's greedy policy has no log-probabilities)"

@@ -123,20 +123,25 @@ class RewardEnsemble(RewardNet):
             )
         for i, member in enumerate(members):
             if not isinstance(member, RewardNet):
-                raise TypeError(
+                raise RewardNetError(
                     f"ensemble member {i} is a {type(member).__name__}, not a RewardNet"
                 )
         first = members[0]
         for i, member in enumerate(members[1:], start=1):
-            ours = (member.observation_shape, member.action_dim, member.discrete_actions)
-            theirs = (first.observation_shape, first.action_dim, first.discrete_actions)
+            ours = _spaces(member)
+            theirs = _spaces(first)
             if ours != theirs:
                 raise RewardNetError(
-                    f"ensemble member {i} has (observation_shape, action_dim, discrete) = "
-                    f"{ours} but member 0 has {theirs}: members must share the spaces"
+                    f"ensemble member {i} has (observation_shape, action_dim, discrete, "
+                    f"num_states) = {ours} but member 0 has {theirs}: members must share the "
+                    "spaces"
                 )
         super().__init__(
-            first.observation_shape, first.action_dim, first.discrete_actions, out_key=out_key
+            first.observation_shape,
+            first.action_dim,
+            first.discrete_actions,
+            num_states=first.num_states,
+            out_key=out_key,
         )
         self.members = nn.ModuleList(members)
 
@@ -252,7 +257,7 @@ class AddStdRewardWrapper(RewardNetWrapper):
         out_key: NestedKey | None = None,
     ) -> None:
         if not isinstance(ensemble, RewardEnsemble):
-            raise TypeError(
+            raise RewardNetError(
                 f"AddStdRewardWrapper needs a RewardEnsemble (for the members' spread), got "
                 f"{type(ensemble).__name__}"
             )
@@ -273,6 +278,10 @@ class AddStdRewardWrapper(RewardNetWrapper):
             observation, action, next_observation, done, update_stats=update_stats
         )
         return mean + (self.alpha if alpha is None else float(alpha)) * var.sqrt()
+
+
+def _spaces(net: RewardNet) -> tuple:
+    return (net.observation_shape, net.action_dim, net.discrete_actions, net.num_states)
 
 
 def _shallow_copy(net: nn.Module) -> nn.Module:

@@ -218,7 +218,7 @@ def test_shaping_choices_and_errors(cartpole_batch):
         ShapedRewardNet(NormalizedRewardNet(MLPRewardNet.from_env(env)))
     with pytest.raises(RewardNetError, match="discount must be in"):
         ShapedRewardNet(MLPRewardNet.from_env(env), discount=1.5)
-    with pytest.raises(TypeError, match="wraps a RewardNet"):
+    with pytest.raises(RewardNetError, match="wraps a RewardNet"):
         ShapedRewardNet(torch.nn.Linear(4, 1))
 
 

@@ -166,8 +166,8 @@ def test_load_errors(cartpole, tmp_path):
     policy_file = save_policy(build_actor(env), tmp_path / "policy.pt")
     with pytest.raises(RewardFileError, match="not a tdimitation reward file"):
         load_reward("tdimitation", policy_file)
-    with pytest.raises(RewardNetError, match=r"unknown reward kind 'shaped'.*'raw'"):
-        load_reward("shaped", good)
+    with pytest.raises(RewardNetError, match=r"unknown reward kind 'learned'.*'raw'"):
+        load_reward("learned", good)
     payload = reward_payload(net)
     torch.save({**payload, "class": "FancyRewardNet"}, tmp_path / "unknown.pt")
     with pytest.raises(RewardNetError, match="unknown reward class 'FancyRewardNet'"):

@@ -56,9 +56,11 @@ def test_normalized_ema_and_errors(cartpole_batch):
     net.predict_processed(obs, None, None, None)
     net.base.value = 5.0
     out = net.predict_processed(obs, None, None, None)
-    # EMA: mean 3 -> 3 + 0.5 * 2 = 4, var 0 -> 0.5 * (0 + 0.5 * 4) = 1, so (5 - 4) / 1.
-    assert net.normalizer.mean.item() == pytest.approx(4.0)
-    assert torch.allclose(out, torch.ones(4, 25), atol=1e-6)
+    # Per-batch EMA: the batches of 3s and 5s weigh 0.5 : 1, i.e. 1/3 and 2/3. Mean 13/3;
+    # variance of that two-point mixture (1/3)(2/3)(5 - 3)^2 = 8/9; (5 - 13/3) / sqrt(8/9).
+    assert net.normalizer.mean.item() == pytest.approx(13 / 3)
+    assert net.normalizer.var.item() == pytest.approx(8 / 9)
+    assert torch.allclose(out, torch.full((4, 25), 0.5**0.5), atol=1e-6)
     with pytest.raises(RewardNetError, match="unknown reward normalizer 'batch'"):
         NormalizedRewardNet(MLPRewardNet.from_env(env), normalizer="batch")
 
@@ -94,7 +96,7 @@ def test_ensemble_and_std_errors(cartpole_batch):
         RewardEnsemble([ConstantRewardNet(1.0)])
     with pytest.raises(RewardNetError, match="members must share the spaces"):
         RewardEnsemble([ConstantRewardNet(1.0), ConstantRewardNet(1.0, observation_shape=(3,))])
-    with pytest.raises(TypeError, match="needs a RewardEnsemble"):
+    with pytest.raises(RewardNetError, match="needs a RewardEnsemble"):
         AddStdRewardWrapper(MLPRewardNet.from_env(env), alpha=1.0)
 
 
