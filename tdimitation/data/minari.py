@@ -152,7 +152,7 @@ def minari_metadata(dataset: PathLike) -> dict[str, Any]:
 
     Returns:
         ``format`` (``"minari"``), ``dataset_id``, ``env_id`` (or ``None``), ``n_episodes``,
-        ``n_transitions`` and ``data_format`` (``"hdf5"`` or ``"arrow"``).
+        ``n_transitions`` and ``data_format`` (``"hdf5"``, ``"arrow"`` or ``"parquet"``).
     """
     meta = _read_metadata(_resolve(dataset))
     env_id = None
@@ -449,7 +449,8 @@ def save_minari(
         root: datasets directory; default ``$MINARI_DATASETS_PATH`` or
             ``~/.minari/datasets``.
         overwrite: replace an existing Minari dataset with this id.
-        data_format: Minari's storage format, ``"hdf5"`` (needs h5py) or ``"arrow"``.
+        data_format: Minari's storage format: ``"hdf5"`` (needs h5py), ``"arrow"`` or
+            ``"parquet"``.
         algorithm_name: recorded in the dataset's metadata.
         description: recorded in the dataset's metadata.
 
