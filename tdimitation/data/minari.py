@@ -89,10 +89,13 @@ def minari_root() -> Path:
 def _data_dir(path: Path) -> Path | None:
     """The ``data`` directory of a Minari dataset at ``path`` (or ``path`` itself)."""
     if (path / "data" / _METADATA_FILE).is_file():
-        return path / "data"
-    if (path / _METADATA_FILE).is_file():
-        return path
-    return None
+        return path / "data"  # Minari's layout; a damaged metadata file is reported later
+    try:
+        # A bare metadata.json is common; only Minari's names its storage format.
+        meta = json.loads((path / _METADATA_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return path if isinstance(meta, dict) and "data_format" in meta else None
 
 
 def is_minari_dataset(path: PathLike) -> bool:
@@ -472,6 +475,7 @@ def save_minari(
     from minari.data_collector import EpisodeBuffer
 
     check_trajectories(trajectories, name="trajectories to save")
+    trajectories = trajectories.cpu()  # the episode layout indexes with CPU tensors
     if REWARD not in trajectories.keys(include_nested=True):
         raise TrajectoryError(
             "trajectories to save have no ('next', 'reward'); Minari datasets need rewards "
@@ -481,8 +485,8 @@ def save_minari(
     env_for_minari = None
     if env is not None:
         env_for_minari, env_obs_space, env_act_space = _env_spaces(env)
-        observation_space = observation_space or env_obs_space
-        action_space = action_space or env_act_space
+        observation_space = env_obs_space if observation_space is None else observation_space
+        action_space = env_act_space if action_space is None else action_space
     if observation_space is None or action_space is None:
         raise TrajectoryError(
             "save_minari needs the spaces of the data: pass env= (a gymnasium id or env) "
@@ -495,15 +499,15 @@ def save_minari(
     root = Path(root) if root is not None else minari_root()
     target = root / dataset_id
     if target.exists() or target.is_symlink():
-        if not overwrite:
-            raise TrajectoryFileError(
-                f"a Minari dataset {dataset_id!r} already exists at {target}; pass "
-                "overwrite=True (CLI: --overwrite) or choose another id or version"
-            )
         if target.is_symlink() or not is_minari_dataset(target):
             raise TrajectoryFileError(
                 f"{target} exists and is not a Minari dataset; refusing to overwrite it "
                 "(choose another id or delete it yourself)"
+            )
+        if not overwrite:
+            raise TrajectoryFileError(
+                f"a Minari dataset {dataset_id!r} already exists at {target}; pass "
+                "overwrite=True (CLI: --overwrite) or choose another id or version"
             )
 
     obs_tree = _as_tree(trajectories.get(OBS), OBS)

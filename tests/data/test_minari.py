@@ -165,6 +165,7 @@ def test_directory_that_is_not_a_dataset(root, tmp_path):
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "notes.txt").write_text("hello")
+    (plain / "metadata.json").write_text('{"run": 3}')  # not Minari's metadata
     with pytest.raises(TrajectoryFileError, match=r"plain is a directory but not a Minari") as e:
         load_minari(plain)
     assert "pass one dataset's directory" in str(e.value) and "\n" not in str(e.value)
@@ -215,8 +216,9 @@ def test_save_refuses_to_overwrite_other_data(root, cartpole):
     target = root / "mine-v0"
     target.mkdir(parents=True)
     (target / "keep.txt").write_text("precious")
-    with pytest.raises(TrajectoryFileError, match="not a Minari dataset; refusing"):
-        save_minari(expected, "mine-v0", env="CartPole-v1", overwrite=True)
+    for overwrite in (False, True):
+        with pytest.raises(TrajectoryFileError, match="not a Minari dataset; refusing"):
+            save_minari(expected, "mine-v0", env="CartPole-v1", overwrite=overwrite)
     assert (target / "keep.txt").read_text() == "precious"
 
 
