@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tensordict import TensorDict, TensorDictBase
 
 from tdimitation.data._files import (
@@ -50,6 +49,7 @@ from tdimitation.data._files import (
     _one_line,
     _replace_dir,
 )
+from tdimitation.data._spaces import cast_to_space, check_against_space
 from tdimitation.data.trajectory import ACTION, OBS, REWARD, check_trajectories
 from tdimitation.errors import (
     EnvCreationError,
@@ -61,7 +61,6 @@ from tdimitation.errors import (
 INSTALL_HINT = "pip install 'tdimitation[minari]'"
 _METADATA_FILE = "metadata.json"
 _NAMESPACE_FILE = "namespace_metadata.json"
-_SUPPORTED = "Box, Discrete, MultiDiscrete, MultiBinary and Dict of those"
 # Minari chooses where a new dataset goes only from $MINARI_DATASETS_PATH; saves point it
 # at a private directory for the duration of the write, one save at a time.
 _ROOT_LOCK = threading.Lock()
@@ -174,83 +173,6 @@ def minari_metadata(dataset: PathLike) -> dict[str, Any]:
     }
 
 
-# --------------------------------------------------------------------------- spaces
-
-
-def _space_dtype(space) -> np.dtype:
-    """The numpy dtype this package stores values of a (non-Dict) space in."""
-    import gymnasium as gym
-
-    from tdimitation.envs.specs import torch_dtype
-
-    if isinstance(space, gym.spaces.Discrete | gym.spaces.MultiDiscrete):
-        return np.dtype(np.int64)
-    if isinstance(space, gym.spaces.MultiBinary):
-        return np.dtype(np.int8)
-    if isinstance(space, gym.spaces.Box):
-        try:
-            return torch.empty((), dtype=torch_dtype(space.dtype)).numpy().dtype
-        except EnvCreationError as exc:
-            raise SpaceMismatchError(f"{exc}; supported: {_SUPPORTED}") from None
-    raise SpaceMismatchError(
-        f"the {type(space).__name__} space is not supported; supported: {_SUPPORTED}"
-    )
-
-
-def _cast_tree(values: Any, space, what: str) -> Tree:
-    """Episode values from Minari -> numpy arrays in this package's dtypes."""
-    import gymnasium as gym
-
-    if isinstance(space, gym.spaces.Dict):
-        if not isinstance(values, dict) or set(values) != set(space.spaces):
-            raise TrajectoryError(
-                f"{what} do not have the keys of their Dict space {sorted(space.spaces)}; "
-                "the dataset does not match its own metadata (regenerate it)"
-            )
-        return {k: _cast_tree(values[k], sub, f"{what}[{k!r}]") for k, sub in space.spaces.items()}
-    return np.asarray(values).astype(_space_dtype(space), copy=False)
-
-
-def _check_space(tree: Any, space, what: str) -> None:
-    """Shapes (and Discrete ranges) of a trajectory-set entry against a gymnasium space."""
-    import gymnasium as gym
-
-    if isinstance(space, gym.spaces.Dict):
-        if not isinstance(tree, dict) or set(tree) != set(space.spaces):
-            have = sorted(tree) if isinstance(tree, dict) else "a tensor"
-            raise SpaceMismatchError(
-                f"{what} has keys {have} but the space is a Dict with keys "
-                f"{sorted(space.spaces)}; pass the space the data was collected with"
-            )
-        for key, sub in space.spaces.items():
-            _check_space(tree[key], sub, f"{what}[{key!r}]")
-        return
-    if isinstance(tree, dict):
-        raise SpaceMismatchError(
-            f"{what} is a nested TensorDict but the space is {space}; pass the space the data "
-            "was collected with"
-        )
-    _space_dtype(space)  # refuses unsupported spaces
-    shape = tuple(tree.shape[1:])
-    if isinstance(space, gym.spaces.Discrete):
-        if shape not in ((), (1,)) or tree.is_floating_point():
-            raise SpaceMismatchError(
-                f"{what} has per-step shape {shape} ({tree.dtype}) but the space is {space}, "
-                "which needs one integer index per step"
-            )
-        low, high = int(space.start), int(space.start + space.n)
-        if tree.numel() and (int(tree.min()) < low or int(tree.max()) >= high):
-            raise SpaceMismatchError(
-                f"{what} has values in [{int(tree.min())}, {int(tree.max())}] outside {space}; "
-                "pass the space the data was collected with"
-            )
-    elif shape != tuple(space.shape):
-        raise SpaceMismatchError(
-            f"{what} has per-step shape {shape} but the space is {space}; pass the space "
-            "the data was collected with"
-        )
-
-
 # --------------------------------------------------------------------------- loading
 
 
@@ -304,8 +226,8 @@ def load_minari(dataset: PathLike) -> TensorDict:
     trunc_list: list[np.ndarray] = []
     # Minari's public API hands out one episode at a time; everything after is bulk.
     for ep in _episodes(ds, where):
-        obs_list.append(_cast_tree(ep.observations, obs_space, f"{source}: observations"))
-        act_list.append(_cast_tree(ep.actions, act_space, f"{source}: actions"))
+        obs_list.append(cast_to_space(ep.observations, obs_space, f"{source}: observations"))
+        act_list.append(cast_to_space(ep.actions, act_space, f"{source}: actions"))
         rew_list.append(np.asarray(ep.rewards).reshape(-1))
         term_list.append(np.asarray(ep.terminations, dtype=bool).reshape(-1))
         trunc_list.append(np.asarray(ep.truncations, dtype=bool).reshape(-1))
@@ -512,8 +434,8 @@ def save_minari(
 
     obs_tree = _as_tree(trajectories.get(OBS), OBS)
     act_tree = _as_tree(trajectories.get(ACTION), ACTION)
-    _check_space(obs_tree, observation_space, "observation")
-    _check_space(act_tree, action_space, "action")
+    check_against_space(obs_tree, observation_space, "observation")
+    check_against_space(act_tree, action_space, "action")
     layout = _episode_layout(trajectories)
     observations = _numpy_tree(layout.observations, observation_space)
     actions = _numpy_tree(act_tree, action_space)

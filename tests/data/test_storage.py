@@ -452,46 +452,6 @@ def test_misaligned_obs_in_file(tmp_path):
         load_trajectories(tmp_path / "d")
 
 
-def _write_empty(kind: str, path: Path) -> Path:
-    """A file or dataset holding zero trajectories, as imitation or datasets write one."""
-    columns = {"obs": [], "acts": [], "infos": [], "terminal": [], "rews": []}
-    if kind == "hf-untyped":  # imitation's serialize.save([]) goes through from_dict
-        datasets.Dataset.from_dict(columns).save_to_disk(str(path))
-    elif kind == "hf-typed":
-        features = datasets.Features(
-            {
-                "obs": datasets.List(datasets.List(datasets.Value("float32"))),
-                "acts": datasets.List(datasets.Value("int64")),
-                "infos": datasets.List(datasets.Value("string")),
-                "terminal": datasets.Value("bool"),
-                "rews": datasets.List(datasets.Value("float64")),
-            }
-        )
-        datasets.Dataset.from_dict(columns, features=features).save_to_disk(str(path))
-    elif kind == "npz":
-        path = path.with_suffix(".npz")
-        np.savez(
-            path,
-            obs=np.zeros((0, 4), np.float32),
-            acts=np.zeros(0, np.int64),
-            terminal=np.zeros(0, bool),
-            indices=np.zeros(0, np.int64),
-        )
-    else:
-        path = path.with_suffix(".pkl")
-        path.write_bytes(pickle.dumps([]))
-    return path
-
-
-@pytest.mark.parametrize("kind", ["hf-untyped", "hf-typed", "npz", "pkl"])
-def test_empty_file_is_reported_as_empty(tmp_path, kind):
-    path = _write_empty(kind, tmp_path / "empty")
-    with pytest.raises(TrajectoryError, match="is empty: it holds no trajectories") as err:
-        load_trajectories(path, allow_pickle=True)
-    message = str(err.value)
-    assert str(path) in message and "corrupted" not in message and "\n" not in message
-
-
 def test_npz_errors(tmp_path):
     np.savez(tmp_path / "a.npz", obs=np.zeros((2, 1)))
     with pytest.raises(TrajectoryFileError, match="lacks the arrays"):
