@@ -5,7 +5,8 @@ Subcommands:
 * ``rollout``: run a scripted, random, zero or saved policy and save complete episodes as
   a trajectory dataset, then print their statistics;
 * ``convert``: convert ``imitation``'s trajectory files (HF dataset, legacy ``.npz`` or
-  ``.pkl``) to a tdimitation dataset;
+  ``.pkl``) or a local Minari dataset to a tdimitation dataset, or a dataset to Minari
+  (``minari:DATASET_ID``);
 * ``stats``: statistics of a trajectory dataset or file;
 * ``eval``: evaluate a policy (scripted, saved, checkpoint or Stable-Baselines3 zip), print
   its statistics as one JSON line, optionally record a video and log to MLflow.
@@ -123,27 +124,75 @@ def _seed_kwargs(policy_spec: str, seed: int) -> dict:
 
 
 # ---------------------------------------------------------------------- convert
+MINARI_PREFIX = "minari:"
+
+
 def _convert_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="imitation HF dataset directory, .npz or .pkl file")
-    p.add_argument("dest", help="directory of the tdimitation dataset to write")
-    p.add_argument("--env-id", default=None, help="record the environment id with the data")
+    p.add_argument(
+        "source",
+        help="imitation HF dataset directory, .npz or .pkl file, tdimitation dataset, Minari "
+        "dataset directory, or minari:DATASET_ID (a local Minari dataset)",
+    )
+    p.add_argument(
+        "dest",
+        help="directory of the tdimitation dataset to write, or minari:DATASET_ID to write a "
+        "local Minari dataset (under $MINARI_DATASETS_PATH)",
+    )
+    p.add_argument(
+        "--env-id",
+        default=None,
+        help="environment id of the data (default: the one recorded in the source); a Minari "
+        "destination takes its spaces from it",
+    )
     p.add_argument(
         "--allow-pickle",
         action="store_true",
         help="allow reading .pkl files (unpickling can run code: trusted files only)",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing Minari dataset with the destination id",
+    )
 
 
-@command("convert", "convert imitation trajectory files to a tdimitation dataset", _convert_args)
+@command(
+    "convert",
+    "convert imitation or Minari trajectory data to a tdimitation dataset, or ours to Minari",
+    _convert_args,
+)
 def run_convert(args: argparse.Namespace) -> int:
     from tdimitation.data import rollout_stats
-    from tdimitation.data.storage import load_trajectories, save_trajectories, trajectory_format
+    from tdimitation.data.storage import load_trajectories, save_trajectories, trajectory_metadata
+    from tdimitation.errors import EnvCreationError
 
-    source_format = trajectory_format(args.source)
-    trajectories = load_trajectories(args.source, allow_pickle=args.allow_pickle)
-    path = save_trajectories(
-        args.dest, trajectories, env_id=args.env_id, metadata={"converted_from": source_format}
-    )
+    if args.source.startswith(MINARI_PREFIX):
+        from tdimitation.data.minari import load_minari, minari_metadata
+
+        source_id = args.source[len(MINARI_PREFIX) :]
+        source_meta = minari_metadata(source_id)
+        trajectories = load_minari(source_id)
+    else:
+        source_meta = trajectory_metadata(args.source)
+        trajectories = load_trajectories(args.source, allow_pickle=args.allow_pickle)
+    source_format = source_meta["format"]
+    env_id = args.env_id or source_meta.get("env_id")
+    if args.dest.startswith(MINARI_PREFIX):
+        from tdimitation.data.minari import save_minari
+
+        if env_id is None:
+            raise EnvCreationError(
+                "a Minari dataset records the environment's spaces, and the source names no "
+                "environment; pass --env-id"
+            )
+        path = save_minari(
+            trajectories, args.dest[len(MINARI_PREFIX) :], env=env_id, overwrite=args.overwrite
+        )
+    else:
+        metadata = {"converted_from": source_format}
+        if source_format == "minari":
+            metadata["minari_dataset_id"] = source_meta.get("dataset_id")
+        path = save_trajectories(args.dest, trajectories, env_id=env_id, metadata=metadata)
     stats = rollout_stats(trajectories)
     print(f"converted {int(stats['n_traj'])} episodes ({source_format}) to {path}")
     return 0

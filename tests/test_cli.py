@@ -4,10 +4,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
+import gymnasium as gym
 import pytest
 
 from tdimitation.cli import main
-from tdimitation.data.storage import load_trajectories, trajectory_metadata
+from tdimitation.data import load_minari
+from tdimitation.data.storage import load_trajectories, save_trajectories, trajectory_metadata
+from tests.data.minari_recording import record
+from tests.data.test_storage import assert_same
 
 
 def test_rollout_then_stats(tmp_path, capsys):
@@ -138,3 +143,71 @@ def test_console_script_end_to_end(tmp_path):
         [exe, "stats", str(tmp_path / "missing")], capture_output=True, text=True, timeout=120
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+# ------------------------------------------------------------------ convert: Minari
+
+
+@pytest.fixture
+def minari_cartpole(tmp_path, monkeypatch):
+    """A CartPole Minari dataset recorded with minari.DataCollector, and what was collected."""
+    root = tmp_path / "minari"
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    env = gym.make("CartPole-v1", max_episode_steps=15)
+    _, expected = record(env, "test/cartpole/random-v0", episodes=4)
+    return root / "test" / "cartpole" / "random-v0", expected
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_convert_minari_both_ways(minari_cartpole, tmp_path, capsys):
+    path, expected = minari_cartpole
+    ours = tmp_path / "ours"
+    assert main(["convert", str(path), str(ours)]) == 0
+    assert "converted 4 episodes (minari)" in capsys.readouterr().out
+    assert_same(load_trajectories(ours), expected)
+    meta = trajectory_metadata(ours)
+    assert meta["env_id"] == "CartPole-v1"  # taken from the Minari dataset
+    assert meta["metadata"]["minari_dataset_id"] == "test/cartpole/random-v0"
+
+    # Back to Minari: the spaces come from the env id recorded in our dataset.
+    assert main(["convert", str(ours), "minari:test/cartpole/back-v0"]) == 0
+    assert_same(load_minari("test/cartpole/back-v0"), expected)
+    again = tmp_path / "again"
+    assert main(["convert", "minari:test/cartpole/back-v0", str(again)]) == 0
+    assert_same(load_trajectories(again), expected)
+
+    assert main(["convert", str(ours), "minari:test/cartpole/back-v0"]) == 2
+    assert "already exists" in _one_line_error(capsys)
+    assert main(["convert", str(ours), "minari:test/cartpole/back-v0", "--overwrite"]) == 0
+
+
+def test_convert_minari_bad_input(minari_cartpole, tmp_path, capsys):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "notes.txt").write_text("x")
+    assert main(["convert", f"minari:{plain}", str(tmp_path / "o")]) == 2
+    assert "is a directory but not a Minari dataset" in _one_line_error(capsys)
+    assert main(["convert", "minari:test/nope-v0", str(tmp_path / "o")]) == 2
+    assert "no Minari dataset 'test/nope-v0'" in _one_line_error(capsys)
+
+    no_env = tmp_path / "no_env"
+    assert main(["rollout", "--env", "CartPole-v1", "--episodes", "1", "--out", str(no_env)]) == 0
+    capsys.readouterr()
+    save_trajectories(no_env, load_trajectories(no_env))  # re-saved without an env id
+    assert main(["convert", str(no_env), "minari:test/x-v0"]) == 2
+    assert "pass --env-id" in _one_line_error(capsys)
+
+
+def test_stats_of_an_empty_dataset_says_empty(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    columns = {"obs": [], "acts": [], "infos": [], "terminal": [], "rews": []}
+    datasets.Dataset.from_dict(columns).save_to_disk(str(empty))
+    capsys.readouterr()
+    assert main(["stats", str(empty)]) == 2
+    err = _one_line_error(capsys)
+    assert "is empty" in err and "corrupted" not in err
