@@ -92,7 +92,7 @@ def _import_entry_point(env_id: str) -> Callable[..., gym.Env] | str:
     if not callable(target):
         raise EnvCreationError(
             f"environment {env_id!r} names an object of type {type(target).__name__}, which "
-            "cannot be called; name a gymnasium.Env subclass or a function returning a gymnasium.Env"
+            "cannot be called; name a gymnasium.Env subclass or a function returning one"
         )
     return target
 
