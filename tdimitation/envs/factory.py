@@ -168,6 +168,13 @@ def _build_one(
             f"environment {name!r} returned a {type(env).__name__}, not a gymnasium.Env; "
             "return an instance of a gymnasium.Env subclass (gymnasium.make(...) or MyEnv())"
         )
+    for attr in ("observation_space", "action_space"):
+        if not isinstance(getattr(env, attr, None), gym.spaces.Space):
+            env.close()
+            raise EnvCreationError(
+                f"environment {name!r} has no {attr} (a gymnasium space): set "
+                f"self.{attr} in its constructor"
+            )
     if fixed_horizon is not None:
         return FixedHorizon(env, fixed_horizon)
     if max_episode_steps is not None and max_episode_steps > 0:
@@ -293,14 +300,16 @@ def make_env(
         "env_kwargs": env_kwargs,
     }
     name: str | None = None
+    shown = "the environment"  # how messages name the env
     if isinstance(env_id, str) or callable(env_id):
         if int(num_envs) < 1:
             raise EnvCreationError(f"num_envs must be at least 1, got {num_envs}")
         if isinstance(env_id, str):
-            name = env_id
+            name = shown = env_id
             factory = _string_factory(env_id, options)
         else:
-            factory = _callable_factory(env_id, _callable_name(env_id), **options)
+            shown = _callable_name(env_id)
+            factory = _callable_factory(env_id, shown, **options)
         env_fns = [factory] * int(num_envs)
     else:
         env_fns = [_callable_factory(fn, _callable_name(fn), **options) for fn in env_id]
@@ -310,10 +319,15 @@ def make_env(
         return GymVecEnv(env_fns, env_id=name, device=device, seed=seed, env_kwargs=env_kwargs)
     except gym.error.DependencyNotInstalled as err:
         raise EnvCreationError(
-            f"{name or 'the environment'} needs an optional dependency: {_one_line(err)} "
+            f"{shown} needs an optional dependency: {_one_line(err)} "
             "(install tdimitation's dependencies with the README's install command, or "
             "pip install 'gymnasium[box2d]' / 'gymnasium[mujoco]')"
         ) from None
+    except EnvCreationError as err:
+        if shown in str(err) or "environment '" in str(err):
+            raise
+        # Errors found on the built envs (unsupported spaces, sub-envs that disagree).
+        raise EnvCreationError(f"environment {shown!r}: {err}") from err
 
 
 def _string_factory(env_id: str, options: dict[str, Any]) -> Callable[[], gym.Env]:

@@ -163,3 +163,26 @@ def test_entry_point_envs_have_the_same_specs_as_callables():
     b = make_env(CounterEnv, num_envs=2, seed=3)
     assert a.observation_spec == b.observation_spec and a.action_spec == b.action_spec
     assert torch.equal(a.rollout(5)["next", "observation"], b.rollout(5)["next", "observation"])
+
+
+def test_env_without_spaces_or_with_unsupported_ones():
+    message = _error(f"{MODULE}:NoSpacesEnv")
+    assert message == (
+        f"environment '{MODULE}:NoSpacesEnv' has no observation_space (a gymnasium space): "
+        "set self.observation_space in its constructor"
+    )
+    message = _error(f"{MODULE}:TextObsEnv")
+    assert message.startswith(f"environment '{MODULE}:TextObsEnv': unsupported gymnasium space")
+
+
+def test_sub_envs_built_before_a_failure_are_closed():
+    user_envs.TrackedEnv.instances.clear()
+    message = _error([user_envs.TrackedEnv, lambda: user_envs.broken(0)])
+    assert "could not be built: ValueError: size must be at least 2" in message
+    (built,) = user_envs.TrackedEnv.instances
+    assert built.closed
+    cartpole = lambda: gym.make("CartPole-v1")  # noqa: E731
+    message = _error([user_envs.TrackedEnv, lambda: user_envs.TrackedEnv(length=3), cartpole])
+    assert "sub-env 2 has spaces" in message and "every sub-env needs the same spaces" in message
+    assert len(user_envs.TrackedEnv.instances) == 3
+    assert all(env.closed for env in user_envs.TrackedEnv.instances)

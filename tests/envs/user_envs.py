@@ -66,3 +66,32 @@ def broken(size: int = 1) -> gym.Env:
 NOT_CALLABLE = 42
 
 gym.register("tdimitation-test/UserCounter-v0", entry_point=CounterEnv, kwargs={"length": 4})
+
+
+class NoSpacesEnv(gym.Env):
+    """Forgets to set its spaces (a common first mistake)."""
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(1, np.float32), {}
+
+
+class TextObsEnv(CounterEnv):
+    """An observation space tdimitation cannot store."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observation_space = gym.spaces.Text(5)
+
+
+class TrackedEnv(CounterEnv):
+    """Records whether it was closed."""
+
+    instances: list[TrackedEnv] = []
+
+    def __init__(self, length: int = 5) -> None:
+        super().__init__(length)
+        self.closed = False
+        TrackedEnv.instances.append(self)
+
+    def close(self) -> None:
+        self.closed = True
