@@ -1,9 +1,10 @@
 """A lean torchrl ``EnvBase`` over one gymnasium synchronous vector env.
 
 Why not ``GymEnv(id, num_envs=N)``: with gymnasium 1.x it records corrupted transitions at
-episode ends (zero final observations and a junk step after each reset; stack notes §0.2).
+episode ends (zero final observations and a junk step after each reset, as its vector env
+autoresets on the next step).
 Why not ``GymWrapper`` plus transforms: each torchrl step then costs ~220 µs against ~57 µs
-for the gymnasium step itself (speed notes §Q1). This env
+for the gymnasium step itself (see the collection table in ``benchmarks/RESULTS.md``). This env
 
 * steps its sub-envs in one Python loop into preallocated numpy arrays (gymnasium's
   ``SyncVectorEnv`` costs ~50% more: it concatenates and deep-copies every step), and
