@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from tdimitation.cli import main
 from tdimitation.envs import make_env
 from tdimitation.evaluation import evaluate_policy
+from tdimitation.policies import load_policy
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "own-env.md"
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```$", re.S | re.M)
@@ -140,3 +141,16 @@ def test_recipes_train_and_log_to_mlflow(page):
     assert gail_run.data.params["fixed_horizon"] == "30"
     artifacts = {a.path for a in client.list_artifacts(gail_run.info.run_id)}
     assert {"config.yaml", "checkpoints"} <= artifacts
+
+
+def test_recipe_checkpoint_names_the_env_and_loads_weights_only(page):
+    ns, workdir, *_ = page
+    (ckpt,) = (workdir / "tdimitation_data" / "runs" / "reach-bc").glob("*/last.ckpt")
+    state = torch.load(ckpt, weights_only=True)
+    assert state["hyper_parameters"]["env_id"] == "reach_env:ReachEnv"
+    env = make_env(state["hyper_parameters"]["env_id"], num_envs=8)
+    policy = load_policy("tdimitation", ckpt, env=env)
+    expert = evaluate_policy(ns["expert_policy"], env, 20, seed=7)["return_mean"]
+    assert evaluate_policy(policy, env, 20, seed=7)["return_mean"] == pytest.approx(
+        expert, abs=0.05 * abs(expert)
+    )
