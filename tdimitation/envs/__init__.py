@@ -1,6 +1,6 @@
 """Environments: ``make_env``, the lean vector env, fixed-horizon tasks."""
 
-from tdimitation.envs.factory import make_env
+from tdimitation.envs.factory import as_env_id, make_env
 from tdimitation.envs.fixed_horizon import (
     FIXED_HORIZON_ENVS,
     FixedHorizon,
@@ -14,6 +14,7 @@ register_fixed_horizon_envs()
 
 __all__ = [
     "make_env",
+    "as_env_id",
     "GymVecEnv",
     "RewardReplacement",
     "FixedHorizon",

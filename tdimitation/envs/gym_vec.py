@@ -1,9 +1,10 @@
 """A lean torchrl ``EnvBase`` over one gymnasium synchronous vector env.
 
 Why not ``GymEnv(id, num_envs=N)``: with gymnasium 1.x it records corrupted transitions at
-episode ends (zero final observations and a junk step after each reset; stack notes §0.2).
+episode ends (zero final observations and a junk step after each reset, as its vector env
+autoresets on the next step).
 Why not ``GymWrapper`` plus transforms: each torchrl step then costs ~220 µs against ~57 µs
-for the gymnasium step itself (speed notes §Q1). This env
+for the gymnasium step itself (see the collection table in ``benchmarks/RESULTS.md``). This env
 
 * steps its sub-envs in one Python loop into preallocated numpy arrays (gymnasium's
   ``SyncVectorEnv`` costs ~50% more: it concatenates and deep-copies every step), and
@@ -28,6 +29,7 @@ from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
 from tdimitation.envs.specs import space_to_spec, torch_dtype
+from tdimitation.errors import EnvCreationError
 
 OBS_KEY = "observation"
 
@@ -68,9 +70,17 @@ class GymVecEnv(EnvBase):
         seed: int | None = None,
         env_kwargs: dict | None = None,
     ) -> None:
-        envs = [fn() for fn in env_fns]
-        if not envs:
-            raise ValueError("GymVecEnv needs at least one sub-env factory")
+        if not env_fns:
+            raise EnvCreationError("GymVecEnv needs at least one sub-env factory")
+        envs: list[gym.Env] = []
+        try:
+            for fn in env_fns:
+                envs.append(fn())
+        except BaseException:
+            # Sub-envs may hold windows, files or simulators: release the ones built.
+            for sub in envs:
+                sub.close()
+            raise
         num_envs = len(envs)
         super().__init__(device=device, batch_size=torch.Size([num_envs]))
         self.envs = envs
@@ -86,9 +96,12 @@ class GymVecEnv(EnvBase):
                 sub.observation_space != self.single_observation_space
                 or sub.action_space != self.single_action_space
             ):
-                raise ValueError(
+                for built in envs:
+                    built.close()
+                raise EnvCreationError(
                     f"sub-env {i} has spaces {sub.observation_space}, {sub.action_space}; "
-                    f"sub-env 0 has {self.single_observation_space}, {self.single_action_space}"
+                    f"sub-env 0 has {self.single_observation_space}, "
+                    f"{self.single_action_space}: every sub-env needs the same spaces"
                 )
         self._dict_obs = isinstance(self.single_observation_space, gym.spaces.Dict)
         self._make_specs()

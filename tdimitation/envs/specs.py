@@ -12,7 +12,8 @@ from tdimitation.errors import EnvCreationError
 _NUMPY_TO_TORCH = {
     np.dtype(np.float16): torch.float16,
     np.dtype(np.float32): torch.float32,
-    # Observations are stored as float32 (design §2); float64 spaces are cast.
+    # Observations are stored as float32 (halves memory; networks run in float32), so
+    # float64 spaces are cast.
     np.dtype(np.float64): torch.float32,
     np.dtype(np.uint8): torch.uint8,
     np.dtype(np.int8): torch.int8,

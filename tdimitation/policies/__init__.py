@@ -8,7 +8,14 @@ from tdimitation.policies.actors import (
     TanhNormalActor,
     build_actor,
 )
-from tdimitation.policies.base import CallablePolicy, RandomPolicy, ZeroPolicy, as_policy
+from tdimitation.policies.base import (
+    CallablePolicy,
+    FunctionPolicy,
+    RandomPolicy,
+    ZeroPolicy,
+    as_policy,
+    policy_from_function,
+)
 from tdimitation.policies.registry import (
     POLICY_LOADERS,
     load_policy,
@@ -25,9 +32,11 @@ __all__ = [
     "TanhNormalActor",
     "build_actor",
     "CallablePolicy",
+    "FunctionPolicy",
     "RandomPolicy",
     "ZeroPolicy",
     "as_policy",
+    "policy_from_function",
     "POLICY_LOADERS",
     "load_policy",
     "policy_from_string",

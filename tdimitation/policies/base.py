@@ -1,4 +1,4 @@
-"""Policies for collecting data: wrappers for callables, random and zero policies.
+"""Policies for collecting data: wrappers for functions, random and zero policies.
 
 A *policy* is a ``TensorDictModuleBase`` reading ``observation`` and writing ``action``
 (discrete actions as int64 indices). Deterministic behaviour is selected with torchrl's
@@ -54,6 +54,76 @@ class CallablePolicy(TensorDictModuleBase):
             action = action.to(self.action_dtype)
         tensordict.set("action", action.to(tensordict.device or action.device))
         return tensordict
+
+
+class FunctionPolicy(TensorDictModuleBase):
+    """Wrap a plain function of *one* observation returning *one* action.
+
+    The function is called once per sub-env and step with a single numpy observation
+    (a dict of arrays for dict observations) and returns that observation's action: an
+    int for discrete spaces, an array (or list, or float) for continuous ones. A scripted
+    expert written for one observation works unchanged on batched envs and on TensorDicts
+    of any batch shape. It is deterministic if the function is. Use :class:`CallablePolicy`
+    for a function that already handles whole batches (faster for many sub-envs).
+
+    Args:
+        fn: the function, ``observation -> action``.
+        action_dtype: dtype of the written actions; default: int64 for integer results,
+            float32 for floating-point ones (as the env's action specs).
+    """
+
+    def __init__(self, fn: Callable, action_dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        if not callable(fn):
+            raise PolicyError(
+                f"FunctionPolicy needs a function observation -> action, got {type(fn).__name__}"
+            )
+        self.fn = fn
+        self.action_dtype = action_dtype
+        self.in_keys = ["observation"]
+        self.out_keys = ["action"]
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        batch = tensordict.batch_size
+        n = batch.numel()
+        obs = tensordict.get("observation")
+        if isinstance(obs, TensorDictBase):
+            # Dict observations: one dict of arrays per element of the batch.
+            flat = {k: v.reshape(n, *v.shape[len(batch) :]).cpu().numpy() for k, v in obs.items()}
+            singles = [{k: v[i] for k, v in flat.items()} for i in range(n)]
+        else:
+            singles = list(obs.reshape(n, *obs.shape[len(batch) :]).cpu().numpy())
+        actions = np.stack([np.asarray(self.fn(o)) for o in singles])
+        action = torch.from_numpy(actions)
+        if self.action_dtype is not None:
+            action = action.to(self.action_dtype)
+        elif action.is_floating_point():
+            action = action.to(torch.float32)
+        elif action.dtype != torch.bool:
+            action = action.to(torch.int64)
+        action = action.reshape(batch + action.shape[1:])
+        tensordict.set("action", action.to(tensordict.device or action.device))
+        return tensordict
+
+
+def policy_from_function(fn: Callable, env=None, *, batched: bool = False) -> TensorDictModuleBase:
+    """A TensorDict policy acting with a plain Python function, e.g. a scripted expert.
+
+    Args:
+        fn: ``observation -> action`` for one observation (default), or for a numpy batch
+            of observations ``[B, *obs_shape] -> [B, *action_shape]`` with ``batched=True``.
+        env: the environment (optional): its action spec sets the action dtype.
+        batched: whether ``fn`` takes whole batches (see :class:`CallablePolicy`) rather
+            than one observation (see :class:`FunctionPolicy`).
+
+    Returns:
+        A policy reading ``observation`` and writing ``action``, usable with
+        :func:`~tdimitation.data.rollout`, the collectors and the evaluation helpers.
+    """
+    dtype = _action_spec(env).dtype if env is not None else None
+    if batched:
+        return CallablePolicy(fn, dtype)
+    return FunctionPolicy(fn, dtype)
 
 
 def as_policy(policy, env=None) -> TensorDictModuleBase:
