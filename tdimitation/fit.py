@@ -148,7 +148,8 @@ def _run(cli: _FitCLI, checked: set[str]) -> int:
     model, trainer = cli.model, cli.trainer
     experiment = run_cfg.experiment or type(model).__name__
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    env_name = str(getattr(model, "env_id", "run")).replace("/", "-")  # ids may have a namespace
+    # Ids may have a namespace ("a/B-v0") or be entry points ("pkg.mod:Env"): file-safe.
+    env_name = str(getattr(model, "env_id", "run")).replace("/", "-").replace(":", "-")
     run_name = run_cfg.name or f"{type(model).__name__}-{env_name}-{stamp}"
     root = data_dir(run_cfg.data_dir)
     if run_cfg.data_dir:

@@ -26,6 +26,7 @@ from tensordict import TensorDictBase
 from torch.utils.data import DataLoader
 
 from tdimitation.data.trajectory import check_matches_env, check_trajectories, episode_lengths
+from tdimitation.envs import as_env_id
 from tdimitation.errors import HorizonError, TrajectoryError
 from tdimitation.nn import RunningNorm
 from tdimitation.objectives.adversarial import AIRLDiscriminatorLoss, DiscriminatorLoss
@@ -121,6 +122,9 @@ class AdversarialImitation(OnlineAlgorithm):
         debug_true_reward: bool = False,
         allow_variable_horizon: bool = False,
     ) -> None:
+        # A user's env class or factory is kept as its "module:Name" entry point, so
+        # hyperparameters stay strings and checkpoints load with weights_only=True.
+        env_id = as_env_id(env_id)
         if generator not in GENERATORS:
             raise ValueError(f"unknown generator {generator!r}; choose one of {sorted(GENERATORS)}")
         generator_kwargs = dict(generator_kwargs or {})

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from tdimitation.callbacks import FitThreads
 from tdimitation.data.trajectory import check_matches_env, check_trajectories
-from tdimitation.envs import make_env
+from tdimitation.envs import as_env_id, make_env
 from tdimitation.errors import TrajectoryError
 from tdimitation.objectives.bc import BCLoss
 from tdimitation.policies.actors import build_actor
@@ -57,6 +57,9 @@ class DemonstrationData(L.LightningDataModule):
         env_kwargs: dict[str, Any] | None = None,
         fixed_horizon: int | None = None,
     ) -> None:
+        # A user's env class or factory is kept as its "module:Name" entry point, so
+        # hyperparameters stay strings and checkpoints load with weights_only=True.
+        env_id = as_env_id(env_id)
         super().__init__()
         sources = [s is not None for s in (path, trajectories, expert)]
         if sum(sources) != 1:
@@ -323,6 +326,9 @@ class BC(FitThreads, L.LightningModule):
         fixed_horizon: int | None = None,
         fast_updates: bool = True,
     ) -> None:
+        # A user's env class or factory is kept as its "module:Name" entry point, so
+        # hyperparameters stay strings and checkpoints load with weights_only=True.
+        env_id = as_env_id(env_id)
         super().__init__()
         if (n_epochs is None) == (n_batches is None):
             raise ValueError(

@@ -59,7 +59,8 @@ def rollout(
 
     Args:
         policy: anything :func:`~tdimitation.policies.as_policy` accepts.
-        env: a batched env (see :func:`~tdimitation.envs.make_env`) or an env id.
+        env: a batched env (see :func:`~tdimitation.envs.make_env`), or an env id, entry
+            point or factory to build one from (closed afterwards).
         min_episodes: minimum number of complete episodes (> 0).
         min_timesteps: minimum number of transitions in complete episodes (> 0).
         deterministic: act greedily (torchrl ``ExplorationType.DETERMINISTIC``).
@@ -76,7 +77,8 @@ def rollout(
     for name, value in (("min_episodes", min_episodes), ("min_timesteps", min_timesteps)):
         if value is not None and int(value) <= 0:
             raise ValueError(f"{name} must be a positive number, got {value}")
-    owns_env = isinstance(env, str)
+    # An id, an entry point or a user's env factory: build (and afterwards close) one env.
+    owns_env = isinstance(env, str) or (callable(env) and not hasattr(env, "batch_size"))
     if owns_env:
         from tdimitation.envs import make_env
 

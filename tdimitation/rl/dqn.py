@@ -34,6 +34,7 @@ from torchrl.data import Categorical as CategoricalSpec
 from torchrl.data import MultiCategorical, ReplayBuffer
 from torchrl.objectives import LossModule
 
+from tdimitation.envs import as_env_id
 from tdimitation.errors import SpaceMismatchError
 from tdimitation.nn import mlp_forward
 from tdimitation.policies.actors import QValueActor, build_actor
@@ -250,6 +251,9 @@ class DQN(OnlineAlgorithm):
         normalize_observations: bool = False,
         loss_function: str = "smooth_l1",
     ) -> None:
+        # A user's env class or factory is kept as its "module:Name" entry point, so
+        # hyperparameters stay strings and checkpoints load with weights_only=True.
+        env_id = as_env_id(env_id)
         super().__init__(
             env_id=env_id,
             num_envs=num_envs,

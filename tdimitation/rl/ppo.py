@@ -15,6 +15,7 @@ from tensordict import TensorDictBase
 from torch.optim import optimizer as torch_optimizer
 from torchrl.objectives.value.functional import generalized_advantage_estimate
 
+from tdimitation.envs import as_env_id
 from tdimitation.objectives.ppo import PPOClipLoss, PPOGradients
 from tdimitation.policies.actors import (
     CategoricalActor,
@@ -115,6 +116,9 @@ class PPO(OnlineAlgorithm):
         compile_loss: bool = False,
         fast_update: bool = True,
     ) -> None:
+        # A user's env class or factory is kept as its "module:Name" entry point, so
+        # hyperparameters stay strings and checkpoints load with weights_only=True.
+        env_id = as_env_id(env_id)
         super().__init__(
             env_id,
             num_envs=num_envs,

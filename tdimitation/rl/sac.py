@@ -40,6 +40,7 @@ from torchrl.data import Bounded, MultiCategorical, TensorDictReplayBuffer
 from torchrl.data import Categorical as CategoricalSpec
 from torchrl.objectives import LossModule
 
+from tdimitation.envs import as_env_id
 from tdimitation.errors import PolicyError, SpaceMismatchError
 from tdimitation.nn import ACTIVATIONS
 from tdimitation.policies.actors import (
@@ -595,6 +596,9 @@ class SAC(OnlineAlgorithm):
         normalize_observations: bool = False,
         loss_function: str = "l2",
     ) -> None:
+        # A user's env class or factory is kept as its "module:Name" entry point, so
+        # hyperparameters stay strings and checkpoints load with weights_only=True.
+        env_id = as_env_id(env_id)
         super().__init__(
             env_id,
             num_envs=num_envs,
