@@ -107,10 +107,15 @@ def stochastic_modules(module: nn.Module) -> list[Stochastic]:
 
 
 def attach_rng(module: nn.Module, rng: torch.Generator | None) -> None:
-    """Make every :class:`Stochastic` submodule of ``module`` draw from ``rng``."""
+    """Make every :class:`Stochastic` submodule of ``module`` draw from ``rng``.
+
+    A module that already draws from ``rng`` keeps its cached draws (a resumed run
+    restores them from its checkpoint); one switching generators drops them.
+    """
     for m in stochastic_modules(module):
-        m.rng = rng
-        m.set_sampling_state({})
+        if m.rng is not rng:
+            m.rng = rng
+            m.set_sampling_state({})
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ from tdimitation.callbacks import FitThreads
 from tdimitation.data.collector import VecCollector
 from tdimitation.envs import GymVecEnv, make_env
 from tdimitation.policies.registry import policy_payload
-from tdimitation.rng import attach_rng, make_rng
+from tdimitation.rng import attach_rng, make_rng, stochastic_modules
 
 
 class _RoundIndices(IterableDataset):
@@ -335,6 +335,9 @@ class OnlineAlgorithm(FitThreads, L.LightningModule):
                 "numpy": _numpy_rng_state(),
                 "python": list(random.getstate()[1]),
                 "generators": [m.rng.get_state() for m in self.online_modules()],
+                # Draws already made but not used yet (the actors' noise blocks): a resumed
+                # run uses them as the uninterrupted run would.
+                "sampling": [m.sampling_state() for m in stochastic_modules(self)],
             },
             "buffers": {name: buffer_state(rb) for name, rb in self.replay_buffers().items()},
             # The exported policy, so load_policy("tdimitation", "last.ckpt") works.
@@ -354,6 +357,11 @@ class OnlineAlgorithm(FitThreads, L.LightningModule):
             self.online_modules(), state["rng"].get("generators", []), strict=False
         ):
             module.rng.set_state(rng_state)
+        attach_rng(self, self.rng)
+        for module, sampling in zip(
+            stochastic_modules(self), state["rng"].get("sampling", []), strict=False
+        ):
+            module.set_sampling_state(sampling)
         buffers = self.replay_buffers()
         for name, saved in state["buffers"].items():
             load_buffer_state(buffers[name], saved)
