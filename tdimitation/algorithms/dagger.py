@@ -353,6 +353,10 @@ class DAgger(BC):
             raise ValueError(
                 f"memmap_threshold must be a number of bytes >= 0 (or None), got {memmap_threshold}"
             )
+        # LightningCLI fills **bc_kwargs with BC's defaults, n_batches=None among them.
+        for name in ("n_epochs", "n_batches"):
+            if name in bc_kwargs and bc_kwargs[name] is None:
+                del bc_kwargs[name]
         clash = sorted({"n_epochs", "n_batches"} & bc_kwargs.keys())
         if clash:
             raise ValueError(
@@ -458,8 +462,13 @@ class DAgger(BC):
 
     # ------------------------------------------------------------------- data
     def train_dataloader(self) -> DataLoader:
+        # A DataLoader draws a base seed when iterated, from torch's global RNG unless it
+        # has a generator of its own (the round numbers need no randomness at all).
         return DataLoader(
-            _RoundIndices(self.round, self.hparams.n_rounds), batch_size=None, num_workers=0
+            _RoundIndices(self.round, self.hparams.n_rounds),
+            batch_size=None,
+            num_workers=0,
+            generator=torch.Generator().manual_seed(self.hparams.seed),
         )
 
     def collect_round(self) -> TensorDict:

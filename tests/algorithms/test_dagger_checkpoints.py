@@ -101,3 +101,27 @@ def test_resuming_gives_the_uninterrupted_run(tmp_path):
 def test_resuming_gives_the_uninterrupted_run_with_a_categorical_learner(tmp_path):
     # learning_rate ~ 0 keeps the learner near uniform, so its sampling noise matters.
     _resume_matches_uninterrupted(tmp_path, KWARGS | dict(rampdown_rounds=4, learning_rate=1e-9))
+
+
+def test_a_recipe_run_loads_from_its_checkpoint(monkeypatch, tmp_path):
+    import sys
+    from pathlib import Path
+
+    from tdimitation.fit import _make_cli
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "dagger" / "cartpole_fixed.yaml"
+    monkeypatch.setenv("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    monkeypatch.setattr(sys, "argv", ["tdimitation"])
+    schedule = "tests.algorithms.test_dagger:expert_then_half"
+    args = ["--config", str(recipe), "--model.init_args.beta_schedule", schedule]
+    args += ["--model.init_args.n_rounds", "1", "--model.init_args.bc_epochs", "1"]
+    cli = _make_cli(args)
+    model = cli.model
+    assert "n_epochs" not in model.hparams and "n_batches" not in model.hparams
+    assert model.hparams.beta_schedule == schedule and model.beta(1) == 0.5
+    fit = trainer()
+    fit.fit(model)
+    fit.save_checkpoint(tmp_path / "run.ckpt")
+    loaded = DAgger.load_from_checkpoint(tmp_path / "run.ckpt", weights_only=True)
+    assert loaded.beta(1) == 0.5 and loaded.hparams.bc_epochs == 1
+    _assert_same_state(loaded, model)
