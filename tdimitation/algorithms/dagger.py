@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
@@ -26,7 +25,13 @@ from tdimitation.data.rollout import rollout
 from tdimitation.data.trajectory import ACTION, EPISODE, OBS, episode_runs, rollout_stats
 from tdimitation.policies.actors import is_deterministic
 from tdimitation.policies.registry import policy_from_string
-from tdimitation.rl.base import buffer_state, load_buffer_state
+from tdimitation.rl.base import (
+    _numpy_rng_state,
+    _seed_everything,
+    _set_numpy_rng_state,
+    buffer_state,
+    load_buffer_state,
+)
 
 #: What a β schedule is: round index -> probability of executing the expert's action.
 BetaSchedule = Callable[[int], float]
@@ -122,51 +127,39 @@ class _GlobalRNGStates:
     """States of torch's (CPU), numpy's and Python's global RNGs reserved for one owner.
 
     Policies sample from the global RNGs (the learner's actions, a noisy expert).
-    :meth:`active` swaps these states in for a block and the caller's back afterwards, so
-    what the rest of the process draws between rounds (evaluation, callbacks, other
-    modules) changes neither DAgger's collection nor, after it, anyone else's stream.
+    :meth:`active` swaps :attr:`state` in for a block and the caller's states back
+    afterwards, so what the rest of the process draws between rounds (evaluation,
+    callbacks, other modules) changes neither DAgger's collection nor, after it, anyone
+    else's stream. :attr:`state` holds tensors, ints and lists only (for checkpoints that
+    load with ``weights_only=True``).
     """
 
     def __init__(self, seed: int) -> None:
-        self.torch = torch.Generator().manual_seed(seed).get_state()
-        self.numpy = np.random.RandomState(seed % 2**32).get_state()
-        self.python = random.Random(seed).getstate()
+        outside = self._capture()
+        _seed_everything(seed)
+        self.state = self._capture()
+        self._restore(outside)
+
+    @staticmethod
+    def _capture() -> dict[str, Any]:
+        python = list(random.getstate()[1])
+        return {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": python}
+
+    @staticmethod
+    def _restore(state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        _set_numpy_rng_state(state["numpy"])
+        random.setstate((3, tuple(int(x) for x in state["python"]), None))
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
-        outside = (torch.get_rng_state(), np.random.get_state(), random.getstate())
-        torch.set_rng_state(self.torch)
-        np.random.set_state(self.numpy)
-        random.setstate(self.python)
+        outside = self._capture()
+        self._restore(self.state)
         try:
             yield
         finally:
-            self.torch, self.numpy = torch.get_rng_state(), np.random.get_state()
-            self.python = random.getstate()
-            torch.set_rng_state(outside[0])
-            np.random.set_state(outside[1])
-            random.setstate(outside[2])
-
-    def state_dict(self) -> dict[str, Any]:
-        # Tensors, ints and lists only: checkpoints load with weights_only=True.
-        kind, keys, pos, has_gauss, cached = self.numpy
-        return {
-            "torch": self.torch.clone(),
-            "numpy": {
-                "keys": torch.from_numpy(keys.astype(np.int64)),
-                "pos": int(pos),
-                "has_gauss": int(has_gauss),
-                "cached": float(cached),
-            },
-            "python": list(self.python[1]),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.torch = state["torch"].clone()
-        n = state["numpy"]
-        keys = n["keys"].numpy().astype(np.uint32)
-        self.numpy = ("MT19937", keys, n["pos"], n["has_gauss"], n["cached"])
-        self.python = (3, tuple(int(x) for x in state["python"]), None)
+            self.state = self._capture()
+            self._restore(outside)
 
 
 class MixturePolicy(TensorDictModuleBase):
@@ -213,10 +206,8 @@ class MixturePolicy(TensorDictModuleBase):
             if beta <= 0.0:
                 action = learner_action
             else:
-                if self.generator is None:
-                    draws = torch.rand(tensordict.batch_size, device=obs.device)
-                else:
-                    draws = torch.rand(tensordict.batch_size, generator=self.generator)
+                # Drawn on the CPU (where the generator lives), whatever the policies' device.
+                draws = torch.rand(tensordict.batch_size, generator=self.generator)
                 use_expert = (draws < beta).to(obs.device)
                 mask = use_expert.reshape(
                     use_expert.shape + (1,) * (learner_action.ndim - use_expert.ndim)
@@ -260,37 +251,29 @@ class DAgger(BC):
       Where the learner acted, ``(observation, action, next observation)`` is not a step
       of the env; ``(observation, executed_action, next observation)`` is.
 
-    :meth:`round_trajectories` returns one round, :meth:`trajectories` everything still
-    in the buffer. With ``save_rounds_dir`` each round is also written, before BC trains
-    on it, as a dataset ``<save_rounds_dir>/round-000``, ``round-001``, ... with
-    :func:`~tdimitation.data.storage.save_trajectories` (atomic: a crash leaves the
-    previous version; a resumed run rewrites the rounds it repeats). They load with
-    ``load_trajectories`` and with ``imitation`` (``acts`` are the expert's labels; the
-    format has no place for ``expert_action`` and ``executed_action``).
+    :meth:`round_trajectories` returns one round, :meth:`trajectories` everything in the
+    buffer. With ``save_rounds_dir``, each round is also written (atomically, before BC
+    trains on it) to ``<save_rounds_dir>/round-000``, ``round-001``, ... by
+    :func:`~tdimitation.data.storage.save_trajectories`: readable by ``load_trajectories``
+    and by ``imitation`` (whose format keeps ``action`` only).
 
-    The buffer is bounded (``buffer_capacity`` rows; the oldest go first): a round whose
-    rows were overwritten returns only its episodes still complete. It is saved in
-    checkpoints sized to its contents, so a run resumes at the round it stopped. When full
-    it would hold more than ``memmap_threshold`` bytes (``buffer_capacity`` times the
-    bytes of a row, from the env's specs: see :attr:`buffer_bytes`), it is a torchrl
-    ``LazyMemmapStorage``: files in a fresh sub-directory of ``memmap_dir`` (default
-    ``<data dir>/dagger_buffers``, see :attr:`memmap_path`), removed when the module is
-    garbage-collected or the process exits; BC then gathers each block of rows from the
-    files, so the aggregated data need not fit in RAM.
+    The buffer is bounded (``buffer_capacity`` rows; the oldest go first, and a round
+    keeps only its episodes still complete) and saved in checkpoints sized to its
+    contents. Above ``memmap_threshold`` bytes when full (:attr:`buffer_bytes`) it is
+    memory-mapped: a torchrl ``LazyMemmapStorage`` in a fresh sub-directory of
+    ``memmap_dir`` (:attr:`memmap_path`), removed with the module or at exit.
 
-    **Randomness.** The module owns a ``torch.Generator`` (:attr:`rng`) seeded from
-    ``seed``: it draws the per-step expert/learner choices, each round's env seed and
-    each round's minibatch order. Policies sample from the global RNGs (the learner's
-    actions): during collection DAgger swaps in torch (CPU), numpy and Python global RNG
-    states of its own, seeded from ``seed``, and restores the caller's afterwards. Both
-    are saved in checkpoints, so the same seed gives the same run, whatever else draws
-    from the global RNGs, and a resumed run continues the streams (a learner sampling on
-    a GPU draws from the CUDA generator, which is not isolated).
+    **Randomness.** A ``torch.Generator`` owned by the module (:attr:`rng`, seeded from
+    ``seed``) draws the per-step expert/learner choices and each round's env seed and
+    minibatch order. Policies sample from the global RNGs: during collection DAgger swaps
+    in torch (CPU), numpy and Python global states of its own and restores the caller's
+    afterwards. Both live in checkpoints: the same seed gives the same run whatever else
+    draws from the global RNGs, and a resumed run continues the streams.
 
-    **Checkpoints** load with ``DAgger.load_from_checkpoint(path)`` (hyperparameters are
-    primitives, ``weights_only=True`` works). Objects are not hyperparameters: a run with
-    ``expert_policy=`` or a β callable that cannot be imported by name needs it passed
-    again (``load_from_checkpoint(path, expert_policy=..., beta_schedule=...)``).
+    **Checkpoints** load with ``DAgger.load_from_checkpoint(path)`` (primitive
+    hyperparameters, ``weights_only=True``). Objects are not hyperparameters: a run with
+    ``expert_policy=`` or a β callable without import path needs it passed again
+    (``load_from_checkpoint(path, expert_policy=..., beta_schedule=...)``).
 
     Args:
         env_id: environment.
@@ -617,7 +600,7 @@ class DAgger(BC):
             },
             "rng": {
                 "generator": self.rng.get_state(),
-                "sampling": self._sampling_rngs.state_dict(),
+                "sampling": self._sampling_rngs.state,
             },
         }
 
@@ -635,4 +618,4 @@ class DAgger(BC):
         self._round_starts = [int(s) for s in state["trajectories"]["round_starts"]]
         self._episode_starts = state["trajectories"]["episode_starts"].clone()
         self.rng.set_state(state["rng"]["generator"])
-        self._sampling_rngs.load_state_dict(state["rng"]["sampling"])
+        self._sampling_rngs.state = state["rng"]["sampling"]

@@ -27,7 +27,7 @@ def _assert_same_state(a, b):
     )
     _assert_same_tensordict(a.buffer[:], b.buffer[:])
     assert torch.equal(a.rng.get_state(), b.rng.get_state())
-    sa, sb = a._sampling_rngs.state_dict(), b._sampling_rngs.state_dict()
+    sa, sb = a._sampling_rngs.state, b._sampling_rngs.state
     assert torch.equal(sa["torch"], sb["torch"]) and sa["python"] == sb["python"]
     assert torch.equal(sa["numpy"]["keys"], sb["numpy"]["keys"])
     assert sa["numpy"]["pos"] == sb["numpy"]["pos"]
