@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import math
 import random
 import shutil
 import tempfile
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +17,12 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch.utils.data import DataLoader, IterableDataset
-from torchrl.data import LazyMemmapStorage, LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.data import LazyMemmapStorage, LazyTensorStorage, ReplayBuffer
+from torchrl.data.replay_buffers.writers import RoundRobinWriter
 
 from tdimitation.algorithms.bc import BC, _IndexBlocks
 from tdimitation.data.rollout import rollout
-from tdimitation.data.trajectory import rollout_stats
+from tdimitation.data.trajectory import ACTION, EPISODE, OBS, episode_runs, rollout_stats
 from tdimitation.policies.actors import is_deterministic
 from tdimitation.policies.registry import policy_from_string
 from tdimitation.rl.base import (
@@ -30,16 +33,27 @@ from tdimitation.rl.base import (
     load_buffer_state,
 )
 
+#: What a β schedule is: round index -> probability of executing the expert's action.
+BetaSchedule = Callable[[int], float]
+#: The ``("next", ...)`` entries a DAgger trajectory keeps from the collector's output.
+_NEXT_KEYS = ("observation", "reward", "terminated", "truncated", "done")
 
-def _transition_bytes(env: Any) -> int:
-    """Bytes of one aggregated row (observation and action) from the env's specs."""
+
+def _row_bytes(env: Any) -> int:
+    """Bytes of one aggregated row, from the env's specs.
+
+    A row holds the observation twice (before and after the step), the action three
+    times (``action``, ``expert_action``, ``executed_action``), a float32 reward, three
+    bool flags and an int64 episode id.
+    """
     batch_dims = len(env.batch_size)
-    total = 0
-    for spec in (env.observation_spec["observation"], env.action_spec):
+
+    def nbytes(spec: Any) -> int:
         leaves = spec.values(True, True) if hasattr(spec, "values") else [spec]
-        for leaf in leaves:
-            total += math.prod(leaf.shape[batch_dims:]) * leaf.dtype.itemsize
-    return total
+        return sum(math.prod(leaf.shape[batch_dims:]) * leaf.dtype.itemsize for leaf in leaves)
+
+    obs, act = nbytes(env.observation_spec["observation"]), nbytes(env.action_spec)
+    return 2 * obs + 3 * act + 4 + 3 + 8
 
 
 def linear_beta(round_index: int, rampdown_rounds: int) -> float:
@@ -56,26 +70,126 @@ def exponential_beta(round_index: int, decay: float) -> float:
     return decay**round_index
 
 
+def _import_schedule(path: str) -> BetaSchedule:
+    """The callable named by ``"module:function"`` (or ``"module.function"``)."""
+    module_name, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(
+            f"beta_schedule must be 'linear', 'exponential', an import path "
+            f"'module:function' or a callable round -> β, got {path!r}"
+        )
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(
+            f"beta_schedule {path!r} cannot be imported ({exc}); name a module-level "
+            "callable as 'module:function'"
+        ) from None
+    if not callable(obj):
+        raise ValueError(f"beta_schedule {path!r} names a {type(obj).__name__}, not a callable")
+    return obj
+
+
+def _import_path(fn: Any) -> str | None:
+    """``"module:qualname"`` if importing it gives back ``fn`` itself, else None.
+
+    Lambdas, closures, partials, callable instances and functions of ``__main__`` have no
+    path another process could import.
+    """
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not module or not qualname or module == "__main__" or "<" in qualname:
+        return None
+    path = f"{module}:{qualname}"
+    try:
+        return path if _import_schedule(path) is fn else None
+    except ValueError:
+        return None
+
+
+def _checked_beta(value: Any, round_index: int) -> float:
+    try:
+        beta = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"the β schedule returned {value!r} for round {round_index}; return a number in [0, 1]"
+        ) from None
+    if not 0.0 <= beta <= 1.0:  # also refuses NaN
+        raise ValueError(
+            f"the β schedule returned β={beta} for round {round_index}; β is the probability "
+            "of executing the expert's action: return a value in [0, 1]"
+        )
+    return beta
+
+
+class _GlobalRNGStates:
+    """States of torch's (CPU), numpy's and Python's global RNGs reserved for one owner.
+
+    Policies sample from the global RNGs (the learner's actions, a noisy expert).
+    :meth:`active` swaps :attr:`state` in for a block and the caller's states back
+    afterwards, so what the rest of the process draws between rounds (evaluation,
+    callbacks, other modules) changes neither DAgger's collection nor, after it, anyone
+    else's stream. :attr:`state` holds tensors, ints and lists only (for checkpoints that
+    load with ``weights_only=True``).
+    """
+
+    def __init__(self, seed: int) -> None:
+        outside = self._capture()
+        _seed_everything(seed)
+        self.state = self._capture()
+        self._restore(outside)
+
+    @staticmethod
+    def _capture() -> dict[str, Any]:
+        python = list(random.getstate()[1])
+        return {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": python}
+
+    @staticmethod
+    def _restore(state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        _set_numpy_rng_state(state["numpy"])
+        random.setstate((3, tuple(int(x) for x in state["python"]), None))
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        outside = self._capture()
+        self._restore(self.state)
+        try:
+            yield
+        finally:
+            self.state = self._capture()
+            self._restore(outside)
+
+
 class MixturePolicy(TensorDictModuleBase):
     """Act with the expert with probability β, independently per sub-env and step.
 
     Writes ``action`` (the action executed) and ``expert_action`` (always the expert's
     label). When the exploration type is deterministic, β is treated as 0 (the learner
-    alone acts greedily).
+    alone acts greedily). At β = 1 the learner is not called; at β in {0, 1} no random
+    number is drawn.
 
     Args:
         expert: the expert policy.
         learner: the policy being trained.
         beta: initial probability of executing the expert's action.
+        generator: where the per-step expert/learner choices are drawn from (default:
+            torch's global RNG). DAgger passes its own seeded generator.
     """
 
     def __init__(
-        self, expert: TensorDictModuleBase, learner: TensorDictModuleBase, beta: float = 1.0
+        self,
+        expert: TensorDictModuleBase,
+        learner: TensorDictModuleBase,
+        beta: float = 1.0,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         self.expert = expert
         self.learner = learner
         self.beta = float(beta)
+        self.generator = generator
         self.in_keys = ["observation"]
         self.out_keys = ["action", "expert_action"]
 
@@ -84,13 +198,22 @@ class MixturePolicy(TensorDictModuleBase):
         expert_action = self.expert(
             TensorDict({"observation": obs}, batch_size=tensordict.batch_size)
         ).get("action")
-        learner_action = self.learner(tensordict.clone(False)).get("action")
         beta = 0.0 if is_deterministic() else self.beta
-        use_expert = torch.rand(tensordict.batch_size, device=obs.device) < beta
-        mask = use_expert.reshape(use_expert.shape + (1,) * (learner_action.ndim - use_expert.ndim))
-        tensordict.set(
-            "action", torch.where(mask, expert_action.to(learner_action.dtype), learner_action)
-        )
+        if beta >= 1.0:
+            action = expert_action
+        else:
+            learner_action = self.learner(tensordict.clone(False)).get("action")
+            if beta <= 0.0:
+                action = learner_action
+            else:
+                # Drawn on the CPU (where the generator lives), whatever the policies' device.
+                draws = torch.rand(tensordict.batch_size, generator=self.generator)
+                use_expert = (draws < beta).to(obs.device)
+                mask = use_expert.reshape(
+                    use_expert.shape + (1,) * (learner_action.ndim - use_expert.ndim)
+                )
+                action = torch.where(mask, expert_action.to(learner_action.dtype), learner_action)
+        tensordict.set("action", action)
         tensordict.set("expert_action", expert_action)
         return tensordict
 
@@ -110,23 +233,47 @@ class _RoundIndices(IterableDataset):
 class DAgger(BC):
     """DAgger: rounds of collection with a β-mixture of expert and learner, then BC.
 
-    Each round (one ``training_step``) sets β from the schedule, collects whole episodes
+    Each round (one ``training_step``) takes β from the schedule, collects whole episodes
     with :class:`MixturePolicy` until at least ``min_episodes`` episodes and
-    ``min_transitions`` transitions (never fewer than one batch) are complete, adds the
-    observations labelled with the *expert's* actions to an aggregated buffer, and trains
-    BC on everything collected so far for ``bc_epochs`` epochs. The aggregated buffer is
-    bounded (``buffer_capacity``; oldest rows are dropped first) and saved in checkpoints
-    sized to its contents, so a run resumes at the round it stopped. The first round
-    seeds the global RNGs from ``seed`` (β-mixing and the learner's sampled actions draw
-    from them); checkpoints carry their states.
+    ``min_transitions`` transitions (never fewer than one batch) are complete, adds them to
+    an aggregated buffer, and trains BC on everything in the buffer for ``bc_epochs``
+    epochs, on the expert's labels of the observations visited.
 
-    When full it would hold more than ``memmap_threshold`` bytes (``buffer_capacity`` times
-    the bytes of one observation and action, from the env's specs), the buffer is a
-    torchrl ``LazyMemmapStorage``: files in a fresh sub-directory of ``memmap_dir``
-    (default ``<data dir>/dagger_buffers``), written as rows arrive and removed when the
-    module is garbage-collected or the process exits. Training then gathers each block
-    of rows from the files, so the aggregated data need not fit in RAM (``imitation``
-    keeps it all in memory). The directory is in :attr:`memmap_path`.
+    **What is kept.** A round is a trajectory set in the TED layout of the data contract
+    (``docs/architecture.md``): ``observation``, ``("next", "observation" | "reward" |
+    "terminated" | "truncated" | "done")``, ``episode`` (ids unique across rounds) and
+
+    * ``action``: the *expert's* action, whichever policy acted. This is what
+      ``imitation`` stores in its per-round demonstrations (its collector replaces every
+      action with the expert's) and what BC trains on;
+    * ``expert_action``: the same label under its own name;
+    * ``executed_action``: the action the environment received (expert's or learner's).
+      Where the learner acted, ``(observation, action, next observation)`` is not a step
+      of the env; ``(observation, executed_action, next observation)`` is.
+
+    :meth:`round_trajectories` returns one round, :meth:`trajectories` everything in the
+    buffer. With ``save_rounds_dir``, each round is also written (atomically, before BC
+    trains on it) to ``<save_rounds_dir>/round-000``, ``round-001``, ... by
+    :func:`~tdimitation.data.storage.save_trajectories`: readable by ``load_trajectories``
+    and by ``imitation`` (whose format keeps ``action`` only).
+
+    The buffer is bounded (``buffer_capacity`` rows; the oldest go first, and a round
+    keeps only its episodes still complete) and saved in checkpoints sized to its
+    contents. Above ``memmap_threshold`` bytes when full (:attr:`buffer_bytes`) it is
+    memory-mapped: a torchrl ``LazyMemmapStorage`` in a fresh sub-directory of
+    ``memmap_dir`` (:attr:`memmap_path`), removed with the module or at exit.
+
+    **Randomness.** A ``torch.Generator`` owned by the module (:attr:`rng`, seeded from
+    ``seed``) draws the per-step expert/learner choices and each round's env seed and
+    minibatch order. Policies sample from the global RNGs: during collection DAgger swaps
+    in torch (CPU), numpy and Python global states of its own and restores the caller's
+    afterwards. Both live in checkpoints: the same seed gives the same run whatever else
+    draws from the global RNGs, and a resumed run continues the streams.
+
+    **Checkpoints** load with ``DAgger.load_from_checkpoint(path)`` (primitive
+    hyperparameters, ``weights_only=True``). Objects are not hyperparameters: a run with
+    ``expert_policy=`` or a β callable without import path needs it passed again
+    (``load_from_checkpoint(path, expert_policy=..., beta_schedule=...)``).
 
     Args:
         env_id: environment.
@@ -135,8 +282,11 @@ class DAgger(BC):
             window; see :class:`~tdimitation.policies.interactive.KeyboardExpert`), or
             pass a policy object with ``expert_policy=``.
         n_rounds: number of rounds.
-        beta_schedule: ``"linear"`` (over ``rampdown_rounds``) or ``"exponential"``
-            (``decay ** round``).
+        beta_schedule: ``"linear"`` (over ``rampdown_rounds``), ``"exponential"``
+            (``decay ** round``), an import path ``"module:function"`` of a callable
+            ``round -> β``, or such a callable. A callable is recorded in the
+            hyperparameters by its import path when it has one, else as None (then pass
+            it again when loading). A β outside [0, 1] is a ``ValueError``.
         rampdown_rounds: rounds of the linear schedule.
         decay: factor of the exponential schedule, in (0, 1].
         num_envs: sub-envs collecting together.
@@ -147,8 +297,10 @@ class DAgger(BC):
         memmap_dir: parent directory of the memory-mapped buffer files.
         memmap_threshold: memory-map the buffer when its full size exceeds this many
             bytes (default 1 GiB; 0: always; None: never).
+        save_rounds_dir: write each round's trajectories to ``<dir>/round-XXX``.
         expert_policy: a policy object (or plain callable) used instead of ``expert``.
-        **bc_kwargs: arguments of :class:`BC` (batch size, learning rate, network...).
+        **bc_kwargs: arguments of :class:`BC` (batch size, learning rate, network...),
+            except ``n_epochs``/``n_batches`` (DAgger trains ``bc_epochs`` per round).
     """
 
     def __init__(
@@ -156,7 +308,7 @@ class DAgger(BC):
         env_id: str,
         expert: str | None = "scripted",
         n_rounds: int = 10,
-        beta_schedule: str = "linear",
+        beta_schedule: str | BetaSchedule | None = "linear",
         rampdown_rounds: int = 15,
         decay: float = 0.5,
         num_envs: int = 4,
@@ -166,17 +318,16 @@ class DAgger(BC):
         buffer_capacity: int = 1_000_000,
         memmap_dir: str | None = None,
         memmap_threshold: int | None = 2**30,
+        save_rounds_dir: str | None = None,
         expert_policy: Any = None,
         **bc_kwargs: Any,
     ) -> None:
-        if beta_schedule == "linear":
-            linear_beta(0, rampdown_rounds)  # validates
-        elif beta_schedule == "exponential":
-            exponential_beta(0, decay)
-        else:
-            raise ValueError(
-                f"beta_schedule must be 'linear' or 'exponential', got {beta_schedule!r}"
-            )
+        schedule = self._resolve_schedule(beta_schedule, rampdown_rounds, decay)
+        # Recorded as a primitive (the import path, or None): hyperparameters must load
+        # with weights_only=True, and save_hyperparameters reads this local.
+        if callable(beta_schedule):
+            beta_schedule = _import_path(beta_schedule)
+        _checked_beta(schedule(0), 0)
         if n_rounds <= 0:
             raise ValueError(f"n_rounds must be positive, got {n_rounds}")
         if buffer_capacity <= 0:
@@ -185,8 +336,22 @@ class DAgger(BC):
             raise ValueError(
                 f"memmap_threshold must be a number of bytes >= 0 (or None), got {memmap_threshold}"
             )
+        # LightningCLI fills **bc_kwargs with BC's defaults, n_batches=None among them.
+        for name in ("n_epochs", "n_batches"):
+            if name in bc_kwargs and bc_kwargs[name] is None:
+                del bc_kwargs[name]
+        clash = sorted({"n_epochs", "n_batches"} & bc_kwargs.keys())
+        if clash:
+            raise ValueError(
+                f"{', '.join(clash)} is not a DAgger argument: BC trains bc_epochs epochs "
+                "over the aggregated data every round; pass bc_epochs"
+            )
         super().__init__(env_id, n_epochs=bc_epochs, **bc_kwargs)
-        self.save_hyperparameters(ignore=["expert_policy"])
+        # BC recorded its own n_epochs, which DAgger sets from bc_epochs: left in the
+        # hyperparameters, load_from_checkpoint would pass it twice to BC.__init__.
+        self.save_hyperparameters(ignore=["expert_policy", "n_epochs", "n_batches"])
+        self.hparams["beta_schedule"] = beta_schedule  # LightningCLI passes its own copy
+        self._schedule = schedule
         if expert == "interactive" and expert_policy is None:
             # A human at the keyboard acts in one env, whose frames they see.
             from tdimitation.envs import make_env
@@ -205,13 +370,22 @@ class DAgger(BC):
             self.collect_env = self.make_env(num_envs=num_envs)
         if expert_policy is None:
             if expert is None:
-                raise ValueError("give an expert: a policy spec (expert=) or a policy object")
+                raise ValueError(
+                    "give an expert: a policy spec (expert=) or a policy object "
+                    "(expert_policy=; pass it again to load_from_checkpoint)"
+                )
             expert_policy = policy_from_string(expert, env=self.collect_env)
         from tdimitation.policies.base import as_policy
 
-        self.mixture = MixturePolicy(as_policy(expert_policy, self.collect_env), self.policy)
+        seed = self.hparams.seed
+        #: the module's own generator: β-mixing choices, env seeds, minibatch orders
+        self.rng = torch.Generator().manual_seed(seed)
+        self._sampling_rngs = _GlobalRNGStates(seed)
+        self.mixture = MixturePolicy(
+            as_policy(expert_policy, self.collect_env), self.policy, generator=self.rng
+        )
         #: bytes the aggregated buffer holds when full
-        self.buffer_bytes = buffer_capacity * _transition_bytes(self.collect_env)
+        self.buffer_bytes = buffer_capacity * _row_bytes(self.collect_env)
         #: directory of the memory-mapped buffer files (None: the buffer is in RAM)
         self.memmap_path: Path | None = None
         if memmap_threshold is not None and self.buffer_bytes > memmap_threshold:
@@ -226,56 +400,161 @@ class DAgger(BC):
             storage = LazyMemmapStorage(buffer_capacity, scratch_dir=self.memmap_path)
         else:
             storage = LazyTensorStorage(buffer_capacity)
-        self.buffer = TensorDictReplayBuffer(storage=storage)
+        # A plain round-robin writer: row of the c-th transition ever added = c % capacity
+        # (TensorDictReplayBuffer's writer would also store an "index" column).
+        self.buffer = ReplayBuffer(storage=storage, writer=RoundRobinWriter())
         self.round = 0
         self.transitions_collected = 0
+        # Transition counts at which each round / each episode started (for the bounded
+        # buffer's bookkeeping: which rounds and complete episodes it still holds).
+        self._round_starts: list[int] = []
+        self._episode_starts = torch.zeros(0, dtype=torch.int64)
+
+    @staticmethod
+    def _resolve_schedule(spec: Any, rampdown_rounds: int, decay: float) -> BetaSchedule:
+        if spec == "linear":
+            linear_beta(0, rampdown_rounds)  # validates
+            return lambda r: linear_beta(r, rampdown_rounds)
+        if spec == "exponential":
+            exponential_beta(0, decay)
+            return lambda r: exponential_beta(r, decay)
+        if callable(spec):
+            return spec
+        if isinstance(spec, str):
+            return _import_schedule(spec)
+        if spec is None:
+            raise ValueError(
+                "beta_schedule is None: a checkpoint of a run whose β callable has no import "
+                "path records None; pass beta_schedule=<the callable> (or name it "
+                "'module:function')"
+            )
+        raise ValueError(
+            "beta_schedule must be 'linear', 'exponential', 'module:function' or a callable "
+            f"round -> β, got {type(spec).__name__}"
+        )
 
     def beta(self, round_index: int | None = None) -> float:
-        """β of a round (default: the current one)."""
+        """β of a round (default: the current one); ``ValueError`` if outside [0, 1]."""
         r = self.round if round_index is None else round_index
-        if self.hparams.beta_schedule == "linear":
-            return linear_beta(r, self.hparams.rampdown_rounds)
-        return exponential_beta(r, self.hparams.decay)
+        return _checked_beta(self._schedule(r), r)
+
+    @property
+    def episodes_collected(self) -> int:
+        """Episodes added to the aggregated data so far (also the next episode id)."""
+        return int(self._episode_starts.numel())
 
     # ------------------------------------------------------------------- data
     def train_dataloader(self) -> DataLoader:
-        if self.round == 0:
-            # β-mixing and the learner's sampled actions draw from the global RNGs.
-            _seed_everything(self.hparams.seed)
-        elif hasattr(self.collect_env, "set_seed"):
-            # A resumed run collects fresh episodes, not the first round's initial states
-            # (the RNGs themselves come back from the checkpoint).
-            self.collect_env.set_seed(self.hparams.seed + self.transitions_collected)
+        # A DataLoader draws a base seed when iterated, from torch's global RNG unless it
+        # has a generator of its own (the round numbers need no randomness at all).
         return DataLoader(
-            _RoundIndices(self.round, self.hparams.n_rounds), batch_size=None, num_workers=0
+            _RoundIndices(self.round, self.hparams.n_rounds),
+            batch_size=None,
+            num_workers=0,
+            generator=torch.Generator().manual_seed(self.hparams.seed),
         )
 
-    def collect_round(self) -> TensorDictBase:
-        """Whole episodes of the β-mixture for the current round."""
+    def collect_round(self) -> TensorDict:
+        """Whole episodes of the current round's β-mixture, as a DAgger trajectory set.
+
+        Keys as described in the class docstring; episode ids continue those already
+        aggregated. The episodes are not added to the buffer (``training_step`` does).
+        """
         self.mixture.beta = self.beta()
         hp = self.hparams
         min_transitions = max(hp.min_transitions, hp.batch_size * hp.grad_accumulation)
-        with torch.no_grad():
-            return rollout(
+        # Each round starts fresh episodes from a seed of the module's generator: a
+        # resumed run repeats what the uninterrupted one collects (env state is not saved).
+        env_seed = int(torch.randint(0, 2**31 - 2**16, (1,), generator=self.rng))
+        if hasattr(self.collect_env, "set_seed"):
+            self.collect_env.set_seed(env_seed)
+        with torch.no_grad(), self._sampling_rngs.active():
+            episodes = rollout(
                 self.mixture,
                 self.collect_env,
                 min_episodes=hp.min_episodes,
                 min_timesteps=min_transitions,
             )
+        return TensorDict(
+            {
+                OBS: episodes.get(OBS),
+                ACTION: episodes.get("expert_action"),
+                "expert_action": episodes.get("expert_action"),
+                "executed_action": episodes.get(ACTION),
+                EPISODE: episodes.get(EPISODE) + self.episodes_collected,
+                "next": episodes.get("next").select(*_NEXT_KEYS, strict=False),
+            },
+            batch_size=episodes.batch_size,
+        )
+
+    def _aggregate(self, episodes: TensorDictBase) -> None:
+        starts, _ = episode_runs(episodes)
+        self._round_starts.append(self.transitions_collected)
+        self._episode_starts = torch.cat(
+            [self._episode_starts, starts + self.transitions_collected]
+        )
+        capacity = self.hparams.buffer_capacity
+        # A round larger than the buffer goes in capacity-sized pieces: one extend with
+        # more rows than slots would write some slots twice in an unspecified order.
+        for first in range(0, episodes.shape[0], capacity):
+            self.buffer.extend(episodes[first : first + capacity])
+        self.transitions_collected += episodes.shape[0]
+
+    def _gather(self, start: int, end: int, what: str) -> TensorDict:
+        """Complete episodes of transitions ``start..end-1`` still in the buffer."""
+        oldest = self.transitions_collected - len(self.buffer)
+        ep = self._episode_starts
+        kept = ep[(ep >= max(start, oldest)) & (ep < end)]
+        if kept.numel() == 0:
+            capacity = self.hparams.buffer_capacity
+            raise ValueError(
+                f"{what} is no longer in the buffer (buffer_capacity={capacity} keeps the "
+                "last transitions only); raise buffer_capacity, or pass save_rounds_dir to "
+                "keep every round on disk"
+            )
+        rows = torch.arange(int(kept[0]), end) % self.hparams.buffer_capacity
+        return self.buffer.storage[rows]
+
+    def round_trajectories(self, round_index: int) -> TensorDict:
+        """The trajectory set of one round (its episodes still complete in the buffer)."""
+        n = len(self._round_starts)
+        if not 0 <= round_index < n:
+            have = f"rounds 0..{n - 1} exist" if n else "no round has been collected yet"
+            raise ValueError(f"round {round_index} has not been collected: {have}")
+        ends = self._round_starts[1:] + [self.transitions_collected]
+        return self._gather(
+            self._round_starts[round_index], ends[round_index], f"round {round_index}"
+        )
+
+    def trajectories(self) -> TensorDict:
+        """Every complete episode in the aggregated buffer, oldest first."""
+        if not self._round_starts:
+            raise ValueError("no round has been collected yet: train first (trainer.fit)")
+        return self._gather(0, self.transitions_collected, "the aggregated data")
+
+    def _save_round(self, episodes: TensorDictBase, beta: float) -> None:
+        from tdimitation.data.storage import save_trajectories
+
+        hp = self.hparams
+        expert = hp.expert if isinstance(hp.expert, str) else None
+        save_trajectories(
+            Path(hp.save_rounds_dir) / f"round-{self.round:03d}",
+            episodes,
+            env_id=hp.env_id,
+            metadata={"algorithm": "DAgger", "round": self.round, "beta": beta, "seed": hp.seed}
+            | {"expert": expert},
+        )
 
     # --------------------------------------------------------------- training
     def training_step(self, round_index: int, batch_idx: int) -> None:
         hp = self.hparams
         episodes = self.collect_round()
-        labelled = TensorDict(
-            {"observation": episodes["observation"], "action": episodes["expert_action"]},
-            batch_size=episodes.batch_size,
-        )
-        self.buffer.extend(labelled)
-        self.transitions_collected += labelled.shape[0]
+        if hp.save_rounds_dir is not None and getattr(self._trainer, "is_global_zero", True):
+            self._save_round(episodes, self.mixture.beta)
+        self._aggregate(episodes)
         data = self.buffer[:]
-        observations = data["observation"].to(self.device)
-        actions = data["action"].to(self.device)
+        observations = data[OBS].to(self.device)
+        actions = data[ACTION].to(self.device)
         rows_per_step = hp.batch_size * hp.grad_accumulation
         per_epoch = max(data.shape[0] // rows_per_step, 1)
         blocks = _IndexBlocks(
@@ -284,7 +563,7 @@ class DAgger(BC):
             hp.grad_accumulation,
             hp.steps_per_call,
             hp.bc_epochs * per_epoch,
-            seed=hp.seed * 1000 + self.round,
+            seed=int(torch.randint(0, 2**62, (1,), generator=self.rng)),
             skip=0,
         )
         blocks = list(blocks)
@@ -315,20 +594,28 @@ class DAgger(BC):
             "round": self.round,
             "transitions_collected": self.transitions_collected,
             "buffers": {"aggregated": buffer_state(self.buffer)},
+            "trajectories": {
+                "round_starts": list(self._round_starts),
+                "episode_starts": self._episode_starts.clone(),
+            },
             "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": _numpy_rng_state(),
-                "python": list(random.getstate()[1]),
+                "generator": self.rng.get_state(),
+                "sampling": self._sampling_rngs.state,
             },
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint["tdimitation"]
+        if "trajectories" not in state:
+            raise ValueError(
+                "this DAgger checkpoint predates trajectory storage (no 'trajectories' "
+                "entry) and cannot be resumed by this version; start a new run"
+            )
         self.round = int(state["round"])
         self.transitions_collected = int(state["transitions_collected"])
         load_buffer_state(self.buffer, state["buffers"]["aggregated"])
-        rng = state.get("rng")  # absent from checkpoints of earlier versions
-        if rng is not None:
-            torch.set_rng_state(rng["torch"])
-            _set_numpy_rng_state(rng["numpy"])
-            random.setstate((3, tuple(rng["python"]), None))
+        self._round_starts = [int(s) for s in state["trajectories"]["round_starts"]]
+        self._episode_starts = state["trajectories"]["episode_starts"].clone()
+        self.rng.set_state(state["rng"]["generator"])
+        self._sampling_rngs.state = state["rng"]["sampling"]

@@ -5,7 +5,7 @@ import gc
 import numpy as np
 import pytest
 import torch
-from tensordict import MemoryMappedTensor, TensorDict
+from tensordict import MemoryMappedTensor
 from torchrl.data import LazyMemmapStorage, LazyTensorStorage
 
 from tdimitation.algorithms.dagger import DAgger
@@ -14,9 +14,10 @@ from tests.helpers import quiet_trainer as trainer
 
 
 def test_large_buffers_are_memory_mapped_by_default(tmp_path):
-    # CartPole: 4 float32 + one int64 action = 24 bytes per transition.
+    # CartPole: observation and next observation (2 x 4 float32), action, expert_action and
+    # executed_action (3 x int64), float32 reward, three bool flags, int64 episode id.
     small = DAgger("CartPole-v1", buffer_capacity=1_000_000, memmap_dir=str(tmp_path))
-    assert small.buffer_bytes == 24_000_000 and small.memmap_path is None
+    assert small.buffer_bytes == 71_000_000 and small.memmap_path is None
     assert isinstance(small.buffer.storage, LazyTensorStorage)
     large = DAgger("CartPole-v1", buffer_capacity=50_000_000, memmap_dir=str(tmp_path))
     assert large.buffer_bytes > 2**30
@@ -101,12 +102,7 @@ def test_memmapped_buffer_trains_checkpoints_and_resumes(tmp_path):
 def test_buffer_files_are_removed_with_their_module(tmp_path):
     model = DAgger("CartPole-v1", num_envs=2, memmap_threshold=0, memmap_dir=str(tmp_path))
     episodes = model.collect_round()
-    model.buffer.extend(
-        TensorDict(
-            {"observation": episodes["observation"], "action": episodes["expert_action"]},
-            batch_size=episodes.batch_size,
-        )
-    )
+    model.buffer.extend(episodes)
     directory = model.memmap_path
     assert (directory / "observation.memmap").exists()
     del model, episodes
