@@ -32,6 +32,7 @@ from tdimitation.rl.base import (
     buffer_state,
     load_buffer_state,
 )
+from tdimitation.rng import stochastic_modules
 
 #: What a β schedule is: round index -> probability of executing the expert's action.
 BetaSchedule = Callable[[int], float]
@@ -601,6 +602,8 @@ class DAgger(BC):
             "rng": {
                 "generator": self.rng.get_state(),
                 "sampling": self._sampling_rngs.state,
+                # Draws made but not used yet (a categorical learner's noise block).
+                "cached": [m.sampling_state() for m in stochastic_modules(self)],
             },
         }
 
@@ -619,3 +622,6 @@ class DAgger(BC):
         self._episode_starts = state["trajectories"]["episode_starts"].clone()
         self.rng.set_state(state["rng"]["generator"])
         self._sampling_rngs.state = state["rng"]["sampling"]
+        cached = state["rng"].get("cached", [])
+        for module, saved in zip(stochastic_modules(self), cached, strict=False):
+            module.set_sampling_state(saved)

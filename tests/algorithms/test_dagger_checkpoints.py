@@ -91,13 +91,6 @@ def test_resuming_gives_the_uninterrupted_run(tmp_path):
     _resume_matches_uninterrupted(tmp_path, kwargs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CategoricalActor keeps pre-drawn Gumbel noise between calls (policies/actors.py, "
-    "_gumbel_noise / _noise_cache, lines 108-109 and 130-139) and checkpoints do not hold "
-    "it: the resumed run samples round 3 from fresh noise, the uninterrupted one from the "
-    "leftover of round 2. Passes when the cache is dropped at each round (checked by hand).",
-)
 def test_resuming_gives_the_uninterrupted_run_with_a_categorical_learner(tmp_path):
     # learning_rate ~ 0 keeps the learner near uniform, so its sampling noise matters.
     _resume_matches_uninterrupted(tmp_path, KWARGS | dict(rampdown_rounds=4, learning_rate=1e-9))
