@@ -66,3 +66,16 @@ __all__ = [
     "NetworkError",
     "LossError",
 ]
+
+
+class TabularModelError(TdimitationError, ValueError):
+    """A tabular model's matrices are inconsistent, or a tabular algorithm got an env that
+    is not a finite-horizon tabular model."""
+
+
+class MCEIRLError(TdimitationError, ValueError):
+    """MCE IRL got demonstrations it cannot use (transitions with a discount other than 1,
+    observations that are not one-hot without an occupancy measure, wrong shapes)."""
+
+
+__all__ += ["TabularModelError", "MCEIRLError"]
