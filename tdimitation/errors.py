@@ -69,13 +69,11 @@ __all__ = [
 
 
 class TabularModelError(TdimitationError, ValueError):
-    """A tabular model's matrices are inconsistent, or a tabular algorithm got an env that
-    is not a finite-horizon tabular model."""
+    """Inconsistent tabular matrices, or an env that is not a finite-horizon tabular model."""
 
 
 class MCEIRLError(TdimitationError, ValueError):
-    """MCE IRL got demonstrations it cannot use (transitions with a discount other than 1,
-    observations that are not one-hot without an occupancy measure, wrong shapes)."""
+    """MCE IRL demonstrations it cannot use (see the message: discount, one-hot, shapes)."""
 
 
 __all__ += ["TabularModelError", "MCEIRLError"]

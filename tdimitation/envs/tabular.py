@@ -84,14 +84,14 @@ class TabularModel(gym.Env):
                 f"A={n_actions}; got {R.shape}"
             )
         if observation_matrix is None:
-            O = np.eye(n_states)
+            obs = np.eye(n_states)
         else:
-            O = _as_matrix("observation_matrix", observation_matrix)
-            if O.ndim == 1:
-                O = O[:, None]
-            if O.ndim != 2 or O.shape[0] != n_states:
+            obs = _as_matrix("observation_matrix", observation_matrix)
+            if obs.ndim == 1:
+                obs = obs[:, None]
+            if obs.ndim != 2 or obs.shape[0] != n_states:
                 raise TabularModelError(
-                    f"observation_matrix must have shape [S, D] with S={n_states}, got {O.shape}"
+                    f"observation_matrix must have shape [S, D] with S={n_states}, got {obs.shape}"
                 )
         if initial_state_dist is None:
             p0 = np.zeros(n_states)
@@ -108,7 +108,7 @@ class TabularModel(gym.Env):
             raise TabularModelError(f"render_mode {render_mode!r} is not supported (use 'ansi')")
         self.transition_matrix = T
         self.reward_matrix = R
-        self.observation_matrix = O.astype(np.float32)
+        self.observation_matrix = obs.astype(np.float32)
         self.initial_state_dist = p0 / p0.sum()
         self.horizon = None if horizon is None else int(horizon)
         self.expose_state = bool(expose_state)
@@ -276,7 +276,7 @@ def random_mdp(
     Each ``T[s, a]`` moves to ``branch_factor`` distinct random states with
     Dirichlet(1) probabilities; the initial distribution is Dirichlet(1) over all states.
     Observations are one-hot (``obs_dim=None``) or standard normal ``[S, obs_dim]``
-    features; the state reward is linear in them, ``O @ w`` with standard normal ``w``.
+    features; the state reward is linear in them, ``obs @ w`` with standard normal ``w``.
 
     Args:
         n_states: number of states S.
@@ -292,7 +292,9 @@ def random_mdp(
         TabularModelError: a size that is not positive or a branch factor above S.
     """
     if int(n_states) <= 0 or int(n_actions) <= 0:
-        raise TabularModelError(f"n_states and n_actions must be positive, got {n_states}, {n_actions}")
+        raise TabularModelError(
+            f"n_states and n_actions must be positive, got {n_states}, {n_actions}"
+        )
     if not 1 <= int(branch_factor) <= int(n_states):
         raise TabularModelError(f"branch_factor must be in [1, n_states], got {branch_factor}")
     rng = np.random.default_rng(seed)
