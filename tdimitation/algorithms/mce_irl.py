@@ -236,8 +236,9 @@ class MCEIRL(FitThreads, L.LightningModule):
                     activation=activation,
                 )
         self.reward_net = reward_net
-        om = demonstration_occupancy(self._load(demonstrations, expert_episodes), self.model,
-                                     self.discount)
+        om = demonstration_occupancy(
+            self._load(demonstrations, expert_episodes), self.model, self.discount
+        )
         self.register_buffer("demo_occupancy", om.to(self.model.dtype))
         self.automatic_optimization = False
         self.last_metrics: dict[str, float] = {}
@@ -309,7 +310,9 @@ class MCEIRL(FitThreads, L.LightningModule):
             optimizer.step()
         with torch.no_grad():
             weight_norm = float(
-                torch.linalg.vector_norm(torch.stack([p.norm() for p in self.reward_net.parameters()]))
+                torch.linalg.vector_norm(
+                    torch.stack([p.norm() for p in self.reward_net.parameters()])
+                )
             )
         self.last_metrics = {
             "linf_delta": linf,
