@@ -18,6 +18,7 @@ from tdimitation.algorithms import (
     soft_value_iteration,
 )
 from tdimitation.data.rollout import rollout
+from tdimitation.data.storage import save_trajectories
 from tdimitation.envs import CliffWorld, TabularModel, make_env, random_mdp
 from tdimitation.errors import MCEIRLError, TabularModelError
 from tdimitation.rng import make_rng
@@ -191,3 +192,17 @@ def test_bad_input():
         MCEIRL("tdimitation/CliffWorld7x4-v0", np.zeros(5))
     with pytest.raises(MCEIRLError, match="discount"):
         MCEIRL("tdimitation/CliffWorld7x4-v0", discount=0.0)
+
+
+def test_sampled_expert_and_dataset_demonstrations(tmp_path):
+    env_id = "tdimitation/CliffWorld7x4-v0"
+    sampled = MCEIRL(env_id, "expert", expert_episodes=400, discount=0.99, max_iter=3)
+    exact = MCEIRL(env_id, "expert", discount=0.99)
+    gap = (sampled.demo_occupancy - exact.demo_occupancy).abs().max().item()
+    assert 0 < gap < 0.1  # an estimate from episodes, close to the exact measure
+    data = sampled._sample(soft_value_iteration(sampled.model, None, 0.99).pi, 50)
+    save_trajectories(tmp_path / "demos", data)
+    from_path = MCEIRL(env_id, str(tmp_path / "demos"), discount=0.99)
+    expected = demonstration_occupancy(data, sampled.model, 0.99)
+    torch.testing.assert_close(from_path.demo_occupancy, expected)
+    assert sampled.fit()["linf_delta"] > 0
