@@ -66,3 +66,14 @@ __all__ = [
     "NetworkError",
     "LossError",
 ]
+
+
+class TabularModelError(TdimitationError, ValueError):
+    """Inconsistent tabular matrices, or an env that is not a finite-horizon tabular model."""
+
+
+class MCEIRLError(TdimitationError, ValueError):
+    """MCE IRL demonstrations it cannot use (see the message: discount, one-hot, shapes)."""
+
+
+__all__ += ["TabularModelError", "MCEIRLError"]

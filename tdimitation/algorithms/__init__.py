@@ -3,6 +3,13 @@
 from tdimitation.algorithms.adversarial import AIRL, GAIL, AdversarialImitation
 from tdimitation.algorithms.bc import BC, DemonstrationData
 from tdimitation.algorithms.dagger import DAgger, MixturePolicy, exponential_beta, linear_beta
+from tdimitation.algorithms.mce_irl import MCEIRL, demonstration_occupancy
+from tdimitation.algorithms.tabular_ops import (
+    TabularPolicy,
+    TabularTensors,
+    occupancy_measures,
+    soft_value_iteration,
+)
 
 __all__ = [
     "AIRL",
@@ -14,4 +21,10 @@ __all__ = [
     "MixturePolicy",
     "exponential_beta",
     "linear_beta",
+    "MCEIRL",
+    "demonstration_occupancy",
+    "TabularPolicy",
+    "TabularTensors",
+    "occupancy_measures",
+    "soft_value_iteration",
 ]
