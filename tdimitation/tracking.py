@@ -1,7 +1,7 @@
 """Experiment tracking: the default MLflow logger (a local sqlite store).
 
 MLflow 3 refuses its file store, and Lightning's ``MLFlowLogger`` still defaults to it and
-freezes ``MLFLOW_TRACKING_URI`` at import time (stack notes §0.7). This module resolves
+freezes ``MLFLOW_TRACKING_URI`` at import time. This module resolves
 the URI at call time: ``MLFLOW_TRACKING_URI`` when set (e.g. a remote server), otherwise
 ``sqlite:///<data dir>/mlflow.db``. Browse runs with
 ``mlflow ui --backend-store-uri <uri>``.

@@ -101,3 +101,43 @@ def nonplain_training_reason(trainer) -> str | None:
     if type(strategy.precision_plugin) is not Precision:
         return f"precision {trainer.precision}"
     return None
+
+
+#: Lightning hooks around a backward pass or an optimizer step; a fused update skips them.
+STEP_HOOKS = ("backward", "on_before_backward", "on_after_backward", "on_before_optimizer_step")
+
+
+def attached_trainer(module):
+    """The Trainer ``module`` (a LightningModule) is attached to, or None."""
+    try:
+        return module.trainer
+    except RuntimeError:  # Lightning's "not attached to a `Trainer`"
+        return None
+
+
+def fused_step_blocker(module) -> str | None:
+    """Why a fused update may not replace ``module``'s Lightning backward/step (None: it may).
+
+    A fused update computes gradients and the optimizer step itself, without Lightning's
+    ``manual_backward`` and ``LightningOptimizer.step``. That is exact when those are plain
+    torch calls (:func:`nonplain_training_reason`), the Trainer does not clip gradients,
+    and neither the module nor a callback overrides a backward or optimizer-step hook.
+    Public Lightning APIs only.
+    """
+    from lightning.pytorch import Callback, LightningModule
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    trainer = attached_trainer(module)
+    if trainer is None:
+        return None
+    reason = nonplain_training_reason(trainer)
+    if reason is not None:
+        return reason
+    if trainer.gradient_clip_val:
+        return "Trainer gradient clipping"
+    if any(is_overridden(hook, module, LightningModule) for hook in STEP_HOOKS):
+        return f"{type(module).__name__} overrides a backward or optimizer-step hook"
+    for callback in trainer.callbacks:
+        if any(is_overridden(hook, callback, Callback) for hook in STEP_HOOKS[1:]):
+            return f"callback {type(callback).__name__} hooks backward or optimizer steps"
+    return None

@@ -17,11 +17,11 @@ the constructor (a trajectory set or a dataset path) or from a
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any
 
 import torch
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from tensordict import TensorDictBase
 from torch.utils.data import DataLoader
 
@@ -445,19 +445,20 @@ class AIRL(AdversarialImitation):
 
 
 def _build_generator(cls: type[OnlineAlgorithm], **kwargs: Any) -> OnlineAlgorithm:
-    """Build the generator so that it records only its own hyperparameters.
+    """Build the generator so that it records exactly its own hyperparameters.
 
-    Two Lightning behaviours would otherwise leak the outer module's arguments into the
-    generator's ``hparams``: LightningCLI hands the hyperparameters it instantiates the
-    outer class with to every ``save_hyperparameters()`` call in its context, and
-    ``save_hyperparameters`` collects the arguments of every enclosing ``__init__`` frame
-    (this plain function's frame ends that walk).
+    Under LightningCLI, every ``save_hyperparameters()`` call in the CLI's context records
+    the arguments the CLI instantiated the outer module with, and ``save_hyperparameters``
+    otherwise collects the arguments of every enclosing ``__init__`` frame (this plain
+    function's frame ends that walk). The generator's ``hparams`` are therefore set to its
+    own bound arguments once it is built.
     """
-    token = _given_hyperparameters.set(None)
-    try:
-        return cls(**kwargs)
-    finally:
-        _given_hyperparameters.reset(token)
+    generator = cls(**kwargs)
+    bound = inspect.signature(cls).bind(**kwargs)
+    bound.apply_defaults()
+    generator.hparams.clear()
+    generator.hparams.update(bound.arguments)
+    return generator
 
 
 def _finished_episode_sums(

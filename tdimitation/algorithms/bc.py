@@ -10,7 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
 
 from tdimitation.callbacks import FitThreads
@@ -19,7 +19,7 @@ from tdimitation.envs import as_env_id, make_env
 from tdimitation.errors import TrajectoryError
 from tdimitation.objectives.bc import BCLoss
 from tdimitation.policies.actors import build_actor
-from tdimitation.utils import nonplain_training_reason, seeded
+from tdimitation.utils import attached_trainer, fused_step_blocker, seeded
 
 
 class DemonstrationData(L.LightningDataModule):
@@ -194,7 +194,6 @@ class _DirectAdam:
         import inspect
 
         from torch.optim import adam as adam_module
-        from torch.optim import optimizer as optimizer_module
 
         if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
             return None
@@ -202,14 +201,6 @@ class _DirectAdam:
         if len(group["params"]) != len(params) or any(
             a is not b for a, b in zip(group["params"], params, strict=True)
         ):
-            return None
-        hooks = [
-            getattr(optimizer, "_optimizer_step_pre_hooks", None),
-            getattr(optimizer, "_optimizer_step_post_hooks", None),
-            getattr(optimizer_module, "_global_optimizer_pre_hooks", None),
-            getattr(optimizer_module, "_global_optimizer_post_hooks", None),
-        ]
-        if any(h is None or len(h) for h in hooks):
             return None
         if getattr(optimizer, "grad_scale", None) is not None:
             return None
@@ -273,7 +264,7 @@ class BC(FitThreads, L.LightningModule):
     runs ``steps_per_call`` optimizer steps on a block of pre-drawn batches with manual
     optimisation and fused Adam, and logs once: Lightning costs ~0.35 ms per
     ``training_step`` and ~0.3 ms per ``self.log``, more than a whole optimizer step at
-    batch 32 (speed notes §Q2). The updates are exactly those of one step per batch.
+    batch 32. The updates are exactly those of one step per batch.
     ``grad_accumulation`` sums gradients over that many micro-batches of ``batch_size``
     before a step, which equals one step on their union (Lightning's own
     ``accumulate_grad_batches`` is not available with manual optimisation).
@@ -351,6 +342,8 @@ class BC(FitThreads, L.LightningModule):
                 self.env, kind=policy_kind, hidden_sizes=hidden_sizes, activation=activation
             )
         self.loss_module = BCLoss(self.policy, ent_weight=ent_weight, l2_weight=l2_weight)
+        #: Which path the last block took: ``"fused"`` or ``"autograd: <reason>"``.
+        self.update_path = ""
         self.batches_done = 0
         self._data: tuple[torch.Tensor, torch.Tensor] | None = None
         self._per_epoch = 1
@@ -369,11 +362,12 @@ class BC(FitThreads, L.LightningModule):
             )
         self._per_epoch = n_rows // rows_per_step
         total = hp.n_batches if hp.n_batches is not None else hp.n_epochs * self._per_epoch
-        # Leaves as plain tensors on the module's device: indexing a TensorDict per step
-        # costs ~0.1 ms (speed notes §Q2).
+        # Leaves as plain tensors on the module's device (indexing a TensorDict per step
+        # costs ~0.1 ms), under the loss's keys (set_keys).
+        keys = self.loss_module.tensor_keys
         self._data = (
-            demonstrations["observation"].to(self.device),
-            demonstrations["action"].to(self.device),
+            demonstrations[keys.observation].to(self.device),
+            demonstrations[keys.action].to(self.device),
         )
         blocks = _IndexBlocks(
             n_rows,
@@ -413,45 +407,40 @@ class BC(FitThreads, L.LightningModule):
         # One gather per block; unbind gives each micro-batch as a view without indexing ops.
         obs_batches = observations[rows].unbind(0)
         act_batches = actions[rows].unbind(0)
-        progress = self._fast_path_progress()
+        blocker = self.fused_blocker()
+        self.update_path = "fused" if blocker is None else f"autograd: {blocker}"
         last = steps * accumulate - 1 if diagnostics else -1
-        if progress is not None:
-            return self._update_fast(obs_batches, act_batches, steps, accumulate, last, progress)
+        if blocker is None:
+            return self._update_fast(obs_batches, act_batches, steps, accumulate, last)
+        # The reference path: the loss module's forward on each minibatch, through Lightning.
         optimizer = self.optimizers()
+        keys = self.loss_module.tensor_keys
         scale = 1.0 / accumulate
         for k in range(steps):
             optimizer.zero_grad(set_to_none=True)
             for m in range(accumulate):
                 i = k * accumulate + m
-                # Metrics only for the batch that is logged: fewer kernels per step.
-                out = self.loss_module.loss_tensors(
-                    obs_batches[i], act_batches[i], diagnostics=i == last
+                minibatch = TensorDict(
+                    {keys.observation: obs_batches[i], keys.action: act_batches[i]},
+                    batch_size=[obs_batches[i].shape[0]],
                 )
+                out = self.loss_module(minibatch)
                 self.manual_backward(out["loss"] * scale if accumulate > 1 else out["loss"])
             optimizer.step()
-        return out if diagnostics else {}
+        return {k: v.detach() for k, v in out.items()} if diagnostics else {}
 
-    def _fast_path_progress(self) -> Any:
-        """Lightning's counter of manual optimizer steps, if the fast path may be taken.
+    def fused_blocker(self) -> str | None:
+        """Why this update must take the reference path (None: the fused one is exact).
 
-        The fast path needs: ``fast_updates`` on, the default 32-bit precision plugin (no
-        autocast, no loss scaling: ``manual_backward`` would only call ``loss.backward()``),
-        a single-device strategy (no gradient synchronisation), no override of the
-        module's ``backward`` hook, and the step counter it must advance (so that
-        ``trainer.global_step`` still counts optimizer steps). Otherwise None.
+        The fused path needs ``fast_updates`` on, exactly :class:`BCLoss` (a subclass may
+        change the loss), and a Trainer whose backward and optimizer step are plain torch
+        calls with no hook overridden (:func:`~tdimitation.utils.fused_step_blocker`).
         """
-        trainer = self._trainer
-        if not self.hparams.get("fast_updates", True) or trainer is None:
-            return None
-        if (
-            nonplain_training_reason(trainer) is not None
-            or type(self).backward is not L.LightningModule.backward
-        ):
-            return None
-        try:
-            return trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-        except AttributeError:  # another Lightning version: take the slow path
-            return None
+        if not self.hparams.get("fast_updates", True):
+            return "fast_updates=False"
+        if type(self.loss_module) is not BCLoss:
+            return f"loss {type(self.loss_module).__name__} is not BCLoss itself"
+        return fused_step_blocker(self)
 
     def _update_fast(
         self,
@@ -460,18 +449,18 @@ class BC(FitThreads, L.LightningModule):
         steps: int,
         accumulate: int,
         last: int,
-        progress: Any,
     ) -> dict[str, torch.Tensor]:
-        """The block's steps with the raw torch optimizer; the last through Lightning's.
+        """The block's steps on the torch optimizer itself, without Lightning's wrapper.
 
-        Why this equals the slow path: with the default precision plugin on one device,
-        ``manual_backward(loss)`` is ``loss.backward()`` plus callback hooks, and
-        ``LightningOptimizer.step()`` is ``optimizer.step()`` plus hooks and a step
-        counter. Here the first ``K - 1`` steps call the wrapped torch optimizer directly
-        (~0.2 ms less per step at batch 32) and advance the counter themselves; the last
-        goes through Lightning, so ``on_before_optimizer_step`` runs once per block (the
-        backward hooks do not run: pass ``fast_updates=False`` if a callback needs them
-        every step). For tdimitation's categorical MLP policies the gradients come from
+        Why this equals the reference path: with the default precision plugin on one
+        device and no hook overridden (:meth:`fused_blocker`), ``manual_backward(loss)``
+        is ``loss.backward()`` and ``LightningOptimizer.step()`` is ``optimizer.step()``
+        plus a step counter. Every step here calls the torch optimizer directly (~0.2 ms
+        less per step at batch 32), so ``trainer.global_step`` does not count them:
+        :attr:`batches_done` does, and per-step hooks (``on_before_optimizer_step``, an
+        optimizer's step hooks) do not fire inside a fused block; pass
+        ``fast_updates=False`` when they must. For tdimitation's categorical MLP policies
+        the gradients come from
         :meth:`BCLoss.analytic_gradients` (no autograd: one ``backward()`` costs more
         than the whole hand-written pass at batch 32), and a plain Adam's inner steps
         are its functional update called directly (:class:`_DirectAdam`, bit-identical
@@ -488,7 +477,6 @@ class BC(FitThreads, L.LightningModule):
         scale = 1.0 / accumulate
         out: dict[str, torch.Tensor] = {}
         for k in range(steps):
-            final = k == steps - 1
             if layers is not None:
                 grads = None
                 for m in range(accumulate):
@@ -503,7 +491,7 @@ class BC(FitThreads, L.LightningModule):
                     )
                     if i == last:
                         out = metrics
-                if direct is not None and not final:
+                if direct is not None:
                     direct(grads)
                     continue
                 for p, g in zip(params, grads, strict=True):
@@ -518,12 +506,9 @@ class BC(FitThreads, L.LightningModule):
                     (loss_out["loss"] * scale if accumulate > 1 else loss_out["loss"]).backward()
                     if i == last:
                         out = loss_out
-            if not final:
-                raw.step()
-                if retry:
-                    direct, retry = _DirectAdam.build(raw, params), False
-        progress.increment_by(steps - 1)
-        optimizer.step()
+            raw.step()
+            if retry:
+                direct, retry = _DirectAdam.build(raw, params), False
         return out
 
     def _logger_will_record(self) -> bool:
@@ -534,11 +519,13 @@ class BC(FitThreads, L.LightningModule):
         metrics are computed and logged on those batches only (``trainer.callback_metrics``
         holds the last logged values in between).
         """
-        trainer = self._trainer
-        try:
-            return bool(trainer.fast_dev_run) or trainer._logger_connector.should_update_logs
-        except AttributeError:  # not attached to a Trainer, or another Lightning version
+        trainer = attached_trainer(self)
+        if trainer is None or trainer.fast_dev_run:
             return True
+        # Lightning writes when the count of training batches so far, this one included, is
+        # a multiple of log_every_n_steps; each batch here is a block of steps_per_call.
+        blocks = self.batches_done // self.hparams.steps_per_call + 1
+        return blocks % max(trainer.log_every_n_steps, 1) == 0
 
     def training_step(self, block: torch.Tensor, batch_idx: int) -> None:
         log_metrics = self._logger_will_record()

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 from torchrl.data import LazyMemmapStorage, LazyTensorStorage, ReplayBuffer
 from torchrl.data.replay_buffers.writers import RoundRobinWriter
 
@@ -26,6 +26,7 @@ from tdimitation.data.trajectory import ACTION, EPISODE, OBS, episode_runs, roll
 from tdimitation.policies.actors import is_deterministic
 from tdimitation.policies.registry import policy_from_string
 from tdimitation.rl.base import (
+    RoundIndices,
     _numpy_rng_state,
     _seed_everything,
     _set_numpy_rng_state,
@@ -33,6 +34,7 @@ from tdimitation.rl.base import (
     load_buffer_state,
 )
 from tdimitation.rng import stochastic_modules
+from tdimitation.utils import attached_trainer
 
 #: What a β schedule is: round index -> probability of executing the expert's action.
 BetaSchedule = Callable[[int], float]
@@ -217,18 +219,6 @@ class MixturePolicy(TensorDictModuleBase):
         tensordict.set("action", action)
         tensordict.set("expert_action", expert_action)
         return tensordict
-
-
-class _RoundIndices(IterableDataset):
-    """Round numbers still to run. Collection happens in ``training_step``: Lightning
-    fetches one batch ahead, which would collect a round with the previous learner.
-    """
-
-    def __init__(self, first: int, last: int) -> None:
-        self.first, self.last = first, last
-
-    def __iter__(self) -> Iterator[int]:
-        yield from range(self.first, self.last)
 
 
 class DAgger(BC):
@@ -449,7 +439,7 @@ class DAgger(BC):
         # A DataLoader draws a base seed when iterated, from torch's global RNG unless it
         # has a generator of its own (the round numbers need no randomness at all).
         return DataLoader(
-            _RoundIndices(self.round, self.hparams.n_rounds),
+            RoundIndices(self.round, self.hparams.n_rounds),
             batch_size=None,
             num_workers=0,
             generator=torch.Generator().manual_seed(self.hparams.seed),
@@ -550,7 +540,8 @@ class DAgger(BC):
     def training_step(self, round_index: int, batch_idx: int) -> None:
         hp = self.hparams
         episodes = self.collect_round()
-        if hp.save_rounds_dir is not None and getattr(self._trainer, "is_global_zero", True):
+        trainer = attached_trainer(self)
+        if hp.save_rounds_dir is not None and getattr(trainer, "is_global_zero", True):
             self._save_round(episodes, self.mixture.beta)
         self._aggregate(episodes)
         data = self.buffer[:]

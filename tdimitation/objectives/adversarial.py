@@ -12,7 +12,7 @@ transitions (label 0) with binary cross-entropy on logits; they differ in what t
   the learned reward.
 
 torchrl's ``GAILLoss`` is only a BCE on probabilities with no generator reward and no AIRL
-(stack notes §0.6), hence these.
+form, hence these.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Behavioral-cloning loss as a torchrl ``LossModule``.
 
 torchrl's own ``BCLoss`` cannot train a stochastic discrete policy on integer actions (it
-feeds the *sampled* action to a cross-entropy; stack notes §0.5) and has no entropy or L2
+feeds the *sampled* action to a cross-entropy) and has no entropy or L2
 terms, so tdimitation has its own, with ``imitation``'s metrics.
 """
 

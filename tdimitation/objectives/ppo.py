@@ -4,7 +4,7 @@ Same mathematics as torchrl's ``ClipPPOLoss(critic_coeff=vf_coef, loss_critic_ty
 normalize_advantage=True)`` with an entropy bonus (checked in the tests: equal losses and
 gradients), but computed straight from tensors: ``ClipPPOLoss`` clones the TensorDict,
 swaps functional parameters and builds a distribution per call, which costs ~0.5 ms per
-minibatch on CPU (speed notes §Q3) — more than the arithmetic at batch 64.
+minibatch on CPU — more than the arithmetic at batch 64.
 
 :class:`PPOGradients` goes one step further for PPO's own MLP actor-critics: the same loss
 with its gradients in closed form (no autograd graph), over stacked "twin" actor/critic

@@ -2,10 +2,11 @@
 
 The actors are plain modules rather than torchrl ``ProbabilisticActor``s because one
 ``ProbabilisticActor`` call costs ~120 µs against ~30 µs for the same work written out
-(speed notes §Q1). They still expose ``get_dist`` and ``log_prob(observation, action)``
-for losses. Every actor can carry a :class:`~tdimitation.nn.RunningNorm` of its
-observations (``normalize_observations=True``), so a saved policy normalises its inputs
-the way it was trained; the training algorithm updates the statistics, never ``forward``.
+(measured on a CPU at batch 8). They still expose ``get_dist`` and
+``log_prob(observation, action)`` for losses. Every actor can carry a
+:class:`~tdimitation.nn.RunningNorm` of its observations (``normalize_observations=True``),
+so a saved policy normalises its inputs the way it was trained; the training algorithm
+updates the statistics, never ``forward``.
 
 Each actor keeps its constructor arguments in ``config`` (primitives only), which
 :func:`~tdimitation.policies.save_policy` stores beside the state dict.

@@ -84,7 +84,7 @@ class ScriptedPolicy(TensorDictModuleBase, metaclass=abc.ABCMeta):
         self.in_keys = ["observation"]
         self.out_keys = ["action"]
         self.const = types.SimpleNamespace()
-        self._dtype = torch.float32
+        self._compute_dtype = torch.float32
 
     def _register_constants(self, **constants: Tensor) -> None:
         """Store the law's constant tensors as non-persistent buffers, also in ``self.const``."""
@@ -97,7 +97,7 @@ class ScriptedPolicy(TensorDictModuleBase, metaclass=abc.ABCMeta):
         # a plain namespace of the same tensors reads in nanoseconds.
         self.const = types.SimpleNamespace(**self._buffers)
         floating = (b.dtype for b in self._buffers.values() if b.is_floating_point())
-        self._dtype = next(floating, self._dtype)  # observations are cast to it
+        self._compute_dtype = next(floating, self._compute_dtype)  # observations are cast to it
 
     def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> ScriptedPolicy:
         # .to(), .cuda(), .double() replace the buffer tensors: point the namespace at the new ones.
@@ -124,8 +124,8 @@ class ScriptedPolicy(TensorDictModuleBase, metaclass=abc.ABCMeta):
                 f"{type(self).__name__} expects observations of size {self.observation_dim}, "
                 f"got shape {tuple(observation.shape)}; is it the policy for this environment?"
             )
-        if observation.dtype != self._dtype:
-            observation = observation.to(self._dtype)
+        if observation.dtype != self._compute_dtype:
+            observation = observation.to(self._compute_dtype)
         if observation.dim() == 2:  # the common case: one row per sub-environment
             action = self.act(observation)
         else:

@@ -41,14 +41,18 @@ from tdimitation.policies.registry import policy_payload
 from tdimitation.rng import attach_rng, make_rng, stochastic_modules
 
 
-class _RoundIndices(IterableDataset):
-    """The dataloader of online algorithms: round numbers, not data (see OnlineAlgorithm)."""
+class RoundIndices(IterableDataset):
+    """The dataloader of online algorithms: round numbers ``first..last-1``, not data.
 
-    def __init__(self, rounds: int) -> None:
-        self.rounds = rounds
+    Collection happens in ``training_step``: Lightning fetches one batch ahead, which
+    would collect round k+1 before the update on round k (see OnlineAlgorithm).
+    """
+
+    def __init__(self, first: int, last: int) -> None:
+        self.first, self.last = int(first), int(last)
 
     def __iter__(self) -> Iterator[int]:
-        yield from range(self.rounds)
+        yield from range(self.first, self.last)
 
 
 #: The keys off-policy algorithms keep per transition. A fixed set: torchrl's buffers do not
@@ -169,6 +173,9 @@ class OnlineAlgorithm(FitThreads, L.LightningModule):
         self.rng: torch.Generator = make_rng(seed)
         self.env: GymVecEnv = self.make_env()
         self.frames = 0  # frames collected so far (restored from checkpoints)
+        #: Optimizer steps taken by :meth:`update` (fused rounds included; restored from
+        #: checkpoints). ``trainer.global_step`` counts only steps taken through Lightning.
+        self.optimizer_steps = 0
         self.collector: VecCollector | None = None
         self._round_start: float | None = None
         self._collect_seconds = 0.0
@@ -236,7 +243,7 @@ class OnlineAlgorithm(FitThreads, L.LightningModule):
             # Resume episode numbering; frames are counted by the module itself.
             self.collector._next_episode_id = self._collector_state["next_episode_id"]
         return DataLoader(
-            _RoundIndices(rounds), batch_size=None, num_workers=0, collate_fn=_identity
+            RoundIndices(0, rounds), batch_size=None, num_workers=0, collate_fn=_identity
         )
 
     # --------------------------------------------------------------- training
@@ -329,6 +336,7 @@ class OnlineAlgorithm(FitThreads, L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tdimitation"] = {
             "frames": self.frames,
+            "optimizer_steps": self.optimizer_steps,
             "collector": self.collector.state_dict() if self.collector is not None else None,
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -349,6 +357,7 @@ class OnlineAlgorithm(FitThreads, L.LightningModule):
         if state is None:
             raise ValueError("this checkpoint was not written by a tdimitation algorithm")
         self.frames = int(state["frames"])
+        self.optimizer_steps = int(state.get("optimizer_steps", 0))
         self._collector_state = state["collector"]
         torch.set_rng_state(state["rng"]["torch"])
         _set_numpy_rng_state(state["rng"]["numpy"])

@@ -341,7 +341,7 @@ class DQN(OnlineAlgorithm):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = list(self.actor.net.parameters())
         try:
-            # Fused Adam is ~4x faster per step on CPU for small networks (speed notes).
+            # Fused Adam is ~4x faster per step on CPU for small networks.
             return torch.optim.Adam(params, lr=self.hparams.lr, fused=True)
         except RuntimeError:  # device or dtype without a fused kernel
             return torch.optim.Adam(params, lr=self.hparams.lr)

@@ -10,9 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
-from lightning.pytorch.utilities.model_helpers import is_overridden
-from tensordict import TensorDictBase
-from torch.optim import optimizer as torch_optimizer
+from tensordict import TensorDict, TensorDictBase
 from torchrl.objectives.value.functional import generalized_advantage_estimate
 
 from tdimitation.envs import as_env_id
@@ -27,7 +25,7 @@ from tdimitation.policies.actors import (
 from tdimitation.policies.critics import ValueCritic
 from tdimitation.rl.base import OnlineAlgorithm, plain_backward
 from tdimitation.rng import randperm
-from tdimitation.utils import nonplain_training_reason, seeded
+from tdimitation.utils import fused_step_blocker, seeded
 
 
 class PPO(OnlineAlgorithm):
@@ -160,9 +158,8 @@ class PPO(OnlineAlgorithm):
             ent_coef=ent_coef,
             normalize_advantage=normalize_advantage,
         )
-        self._loss_fn = self.loss_module.loss_tensors
-        if compile_loss:
-            self._loss_fn = torch.compile(self.loss_module.loss_tensors, dynamic=False)
+        # (loss module, its compiled forward): compiled again when the loss is swapped.
+        self._compiled_loss: tuple[torch.nn.Module, Callable] | None = None
         self._gradients: PPOGradients | None = None
         self._compiled_step: tuple[tuple, Callable] | None = None
         #: Which path the last :meth:`update` took: ``"fast"`` or ``"autograd: <reason>"``.
@@ -174,7 +171,7 @@ class PPO(OnlineAlgorithm):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = list(self.actor.parameters()) + list(self.critic.parameters())
         # fused Adam: one kernel per step instead of a loop over tensors (4x faster on
-        # CPU at these sizes, speed notes §Q2); eps as SB3's PPO.
+        # CPU at these sizes); eps as SB3's PPO.
         return torch.optim.Adam(params, lr=self.hparams.learning_rate, eps=1e-5, fused=True)
 
     @torch.no_grad()
@@ -256,12 +253,13 @@ class PPO(OnlineAlgorithm):
                 group["lr"] = hp.learning_rate * max(1.0 - self.frames / self.total_frames, 0.0)
         advantage, value_target, value = self._advantages(batch, reward_fn)
         n = batch.numel()
-        obs = batch["observation"].reshape(n, -1)
+        keys = self.loss_module.tensor_keys  # set_keys names what the update reads
+        obs = batch[keys.observation].reshape(n, -1)
         # The sample the stored log-probability belongs to (unclipped, for bounded Gaussians).
-        taken = batch.get("action_sample", None)
-        taken = batch["action"] if taken is None else taken
+        taken = batch.get("action_sample", None) if keys.action == "action" else None
+        taken = batch[keys.action] if taken is None else taken
         action = taken.reshape(n, *taken.shape[2:])
-        old_log_prob = batch["action_log_prob"].reshape(n)
+        old_log_prob = batch[keys.sample_log_prob].reshape(n)
         advantage, value_target = advantage.reshape(n), value_target.reshape(n)
         tensors = (obs, action, old_log_prob, advantage, value_target)
         blocker = self._fast_update_blocker(optimizer, backward)
@@ -280,7 +278,10 @@ class PPO(OnlineAlgorithm):
         # Of the values the advantages were computed from, as Stable-Baselines3 reports it.
         metrics["explained_variance"] = _explained_variance(value.reshape(n), value_target)
         metrics["lr"] = optimizer.param_groups[0]["lr"]
+        # forward() always reports the entropy term; the fused step only when it trains.
+        metrics.setdefault("loss_entropy", 0.0)
         metrics["updates"] = float(updates)
+        self.optimizer_steps += updates
         return metrics
 
     def _epochs(self) -> Iterator[tuple[int, bool]]:
@@ -311,31 +312,48 @@ class PPO(OnlineAlgorithm):
         hp = self.hparams
         n = obs.shape[0]
         params = [p for group in optimizer.param_groups for p in group["params"]]
+        loss_fn = self._loss_forward()
+        keys = self.loss_module.tensor_keys
+        # The round as the loss reads it: its keys (set_keys) name the columns.
+        round_td = TensorDict(
+            {
+                keys.observation: obs,
+                keys.action: action,
+                keys.sample_log_prob: old_log_prob,
+                keys.advantage: advantage,
+                keys.value_target: value_target,
+            },
+            batch_size=[n],
+        )
         logged: list[dict[str, torch.Tensor]] = []
         updates = 0
-        for _, diagnostics in self._epochs():
+        for _, _diagnostics in self._epochs():
             # One gather per epoch; minibatches are then contiguous views.
-            perm = randperm(n, self.rng, obs.device)
-            epoch_tensors = [t[perm] for t in (obs, action, old_log_prob, advantage, value_target)]
+            epoch_td = round_td[randperm(n, self.rng, obs.device)]
             epoch_logged = []
             for i in range(n // hp.batch_size):
-                part = slice(i * hp.batch_size, (i + 1) * hp.batch_size)
-                out = self._loss_fn(*(t[part] for t in epoch_tensors), diagnostics=diagnostics)
-                loss = out["loss_objective"] + out["loss_critic"]
-                if "loss_entropy" in out:
-                    loss = loss + out["loss_entropy"]
+                out = loss_fn(epoch_td[i * hp.batch_size : (i + 1) * hp.batch_size])
+                loss = sum(value for key, value in out.items() if key.startswith("loss_"))
                 optimizer.zero_grad(set_to_none=True)
                 backward(loss)
                 if hp.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm, foreach=True)
                 optimizer.step()
-                if diagnostics:
-                    epoch_logged.append(out)
+                epoch_logged.append({k: v.detach() for k, v in out.items()})
                 updates += 1
-            logged = epoch_logged or logged
+            logged = epoch_logged
             if self._stop_early(epoch_logged):
                 break
         return logged, updates
+
+    def _loss_forward(self) -> Callable[[TensorDictBase], TensorDictBase]:
+        """``self.loss_module``'s forward, compiled with ``compile_loss`` (the current loss)."""
+        loss = self.loss_module
+        if not self.hparams.compile_loss:
+            return loss
+        if self._compiled_loss is None or self._compiled_loss[0] is not loss:
+            self._compiled_loss = (loss, torch.compile(loss, dynamic=False))
+        return self._compiled_loss[1]
 
     @torch.no_grad()
     def _fast_update(
@@ -359,7 +377,6 @@ class PPO(OnlineAlgorithm):
         # Observation normalisation is fixed during the update: apply it once per round.
         inputs = grads.features(obs)
         actions = grads.encode_actions(action)
-        lightning_opt = optimizer if isinstance(optimizer, LightningOptimizer) else None
         adam = _FlatAdam(_unwrap(optimizer), grads)
         train_step = self._train_step(adam, size)
         logged: list[dict[str, torch.Tensor]] = []
@@ -374,11 +391,7 @@ class PPO(OnlineAlgorithm):
             vt = value_target[perm].view(count, size, 1)
             epoch_logged = []
             for i in range(count):
-                if lightning_opt is not None:
-                    lightning_opt._on_before_step()  # global_step bookkeeping (manual loop)
                 out = train_step(x[i], a[i], olp[i], adv[i], vt[i], diagnostics)
-                if lightning_opt is not None:
-                    lightning_opt._on_after_step()
                 if diagnostics:
                     epoch_logged.append(out)
                 updates += 1
@@ -441,6 +454,9 @@ class PPO(OnlineAlgorithm):
         """Why this update must take the autograd path (None: the fast path is exact)."""
         if not self.hparams.fast_update:
             return "fast_update=False"
+        if type(self.loss_module) is not PPOClipLoss:
+            # The fused update implements PPOClipLoss exactly; a subclass may change the loss.
+            return f"loss {type(self.loss_module).__name__} is not PPOClipLoss itself"
         if torch.is_autocast_enabled(next(self.actor.parameters()).device.type):
             return "autocast is enabled"
         # Checked every round (cheap): parameters may have been frozen or replaced since.
@@ -457,9 +473,6 @@ class PPO(OnlineAlgorithm):
         return _FlatAdam.unsupported_reason(_unwrap(optimizer), self._gradients)
 
 
-_LIGHTNING_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
-
-
 def _unwrap(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     return optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
 
@@ -467,49 +480,21 @@ def _unwrap(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
 def _lightning_blocker(optimizer: torch.optim.Optimizer, backward: Callable | None) -> str | None:
     """Why ``backward``/``optimizer`` may do more than ``loss.backward()``/``Adam.step()``.
 
-    With Lightning's default ``Precision`` plugin on a ``SingleDeviceStrategy``,
-    ``manual_backward(loss)`` is ``on_before_backward`` hooks, ``module.backward(loss)``
-    (``loss.backward()``), ``on_after_backward`` hooks; ``LightningOptimizer.step()`` is the
-    manual loop's step counter, ``on_before_optimizer_step`` hooks and ``optimizer.step()``
-    (gradient clipping by the Trainer is refused under manual optimisation). When no hook is
-    overridden, skipping them changes nothing; the step counter is advanced by the caller.
-    Other precision plugins (autocast, gradient scaling) and strategies (gradient
-    synchronisation in backward hooks) are not equivalent: they block the fast path.
+    ``backward`` is None (plain torch), or a LightningModule's ``manual_backward``, which
+    under Lightning's default 32-bit precision on one device is ``loss.backward()`` plus
+    hooks (:func:`~tdimitation.utils.fused_step_blocker` checks that). The fused round
+    steps the torch optimizer inside ``optimizer`` itself: Lightning's per-step hooks and
+    step counter do not run there (the round's update count is logged instead).
     """
-    module = None
-    if isinstance(optimizer, LightningOptimizer):
-        strategy = getattr(optimizer, "_strategy", None)
-        module = strategy.lightning_module if strategy is not None else None
-        if module is None:
-            return "a LightningOptimizer without a strategy"
-    if backward is not None and backward is not plain_backward:
-        owner = getattr(backward, "__self__", None)
-        if (
-            not isinstance(owner, L.LightningModule)
-            or getattr(backward, "__func__", None) is not L.LightningModule.manual_backward
-        ):
-            return "a custom backward function"
-        if module is not None and owner is not module:
-            return "backward and optimizer belong to different LightningModules"
-        module = owner
-    if module is None:
+    if backward is None or backward is plain_backward:
         return None
-    if getattr(module, "_fabric", None) is not None:
-        return "the module runs under Fabric"
-    trainer = module._trainer
-    if trainer is None:
-        return "the LightningModule is not attached to a Trainer"
-    reason = nonplain_training_reason(trainer)
-    if reason is not None:
-        return reason
-    if trainer.gradient_clip_val:
-        return "Trainer gradient clipping"
-    if any(is_overridden(hook, module) for hook in ("backward", *_LIGHTNING_HOOKS)):
-        return f"{type(module).__name__} overrides a backward or optimizer-step hook"
-    for callback in trainer.callbacks:
-        if any(is_overridden(hook, callback, L.Callback) for hook in _LIGHTNING_HOOKS):
-            return f"callback {type(callback).__name__} hooks backward or optimizer steps"
-    return None
+    owner = getattr(backward, "__self__", None)
+    if (
+        not isinstance(owner, L.LightningModule)
+        or getattr(backward, "__func__", None) is not L.LightningModule.manual_backward
+    ):
+        return "a custom backward function"
+    return fused_step_blocker(owner)
 
 
 def _clip_flat_(grad: torch.Tensor, max_norm: float) -> None:
@@ -616,14 +601,6 @@ class _FlatAdam:
         expected = grads.parameters()
         if len(params) != len(expected) or {id(p) for p in params} != {id(p) for p in expected}:
             return "the optimizer's parameters are not exactly the actor's and critic's"
-        hooks = (
-            getattr(optimizer, "_optimizer_step_pre_hooks", None),
-            getattr(optimizer, "_optimizer_step_post_hooks", None),
-            getattr(torch_optimizer, "_global_optimizer_pre_hooks", None),
-            getattr(torch_optimizer, "_global_optimizer_post_hooks", None),
-        )
-        if any(hooks):
-            return "optimizer step hooks"
         states = [optimizer.state.get(p) for p in params]
         if any(states) and not all(
             s and {"step", "exp_avg", "exp_avg_sq"} <= s.keys() and "max_exp_avg_sq" not in s

@@ -252,7 +252,7 @@ def test_sigkill_and_resume_continues_the_run(tmp_path):
     assert model.frames == 4 * 64 * 40
     # normalisation statistics carried over: every frame counted exactly once
     assert model.actor.obs_norm.count == 4 * 64 * 40
-    assert resumed.global_step == 40 * 2 * 4  # rounds x epochs x minibatches
+    assert model.optimizer_steps == 40 * 2 * 4  # rounds x epochs x minibatches, resumed too
     # the exported policy loads straight from the checkpoint
     policy = load_policy("tdimitation", ckpt, env=make_env("CartPole-v1"))
     assert policy.obs_norm is not None and policy.obs_norm.count == frames_at_kill

@@ -147,7 +147,8 @@ def test_trainer_takes_the_fast_path_and_counts_steps():
     fit = trainer()
     fit.fit(model)
     assert model.update_path == "fast"
-    assert fit.global_step == 3 * 2 * 4  # rounds x epochs x minibatches
+    assert model.optimizer_steps == 3 * 2 * 4  # rounds x epochs x minibatches
+    assert fit.global_step == 0  # fused rounds step the torch optimizer, not Lightning's
 
 
 class _GradientWatcher(L.Callback):
@@ -171,7 +172,7 @@ def test_lightning_hooks_and_custom_backward_take_the_autograd_path():
     fit = trainer(callbacks=[watcher])
     fit.fit(model)
     assert model.update_path.startswith("autograd: callback _GradientWatcher")
-    assert watcher.calls == fit.global_step == 2 * 2 * 4
+    assert watcher.calls == fit.global_step == model.optimizer_steps == 2 * 2 * 4
 
     torch.manual_seed(0)
     model = PPO(
@@ -272,7 +273,7 @@ def test_generator_interface_inside_another_modules_trainer():
     generator = _Generator()
     fit.fit(generator)
     assert generator.paths == ["fast"] * 3
-    assert fit.global_step == 3 * 2 * 2  # rounds x epochs x minibatches, as the autograd path
+    assert generator.ppo.optimizer_steps == 3 * 2 * 2  # rounds x epochs x minibatches
     fit = trainer()
     hooked = _HookedGenerator()
     fit.fit(hooked)
