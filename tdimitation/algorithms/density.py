@@ -85,7 +85,7 @@ class Density(OnlineAlgorithm):
         fixed_horizon: int | None = None,
         env_kwargs: dict[str, Any] | None = None,
         normalize_reward: bool = True,
-        chunk_elements: int = 1 << 19,
+        chunk_elements: int = 1 << 17,
         allow_variable_horizon: bool = False,
     ) -> None:
         env_id = as_env_id(env_id)

@@ -87,7 +87,7 @@ class KernelDensity(nn.Module):
         kernel: str = "gaussian",
         bandwidth: float = 0.5,
         standardise: bool = True,
-        chunk_elements: int = 1 << 19,
+        chunk_elements: int = 1 << 17,
     ) -> None:
         super().__init__()
         if kernel not in KERNELS:
@@ -231,11 +231,11 @@ class KernelDensity(nn.Module):
             q_sq = q.square().sum(1)
             if gaussian:
                 scores = torch.addmm(bias, q, points.T)
-                out[start : start + rows] = torch.logsumexp(scores, dim=1) - 0.5 * q_sq
+                out[start : start + rows] = _logsumexp_(scores) - 0.5 * q_sq
             else:
                 sq = torch.addmm(bias, q, points.T, alpha=-2.0)
                 sq.add_(q_sq.unsqueeze(1)).clamp_min_(0.0).sqrt_().neg_()
-                out[start : start + rows] = torch.logsumexp(sq, dim=1)
+                out[start : start + rows] = _logsumexp_(sq)
         return out - math.log(n)
 
     def _score_per_step(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -247,10 +247,10 @@ class KernelDensity(nn.Module):
             steps = t[start : start + rows]
             # Exact differences (few points per step), masked beyond each step's count.
             sq = (z[start : start + rows].unsqueeze(1) - self.points[steps]).square_().sum(-1)
-            log_k = self._log_kernel(sq)
             counts = self.counts[steps]
-            log_k.masked_fill_(slots.unsqueeze(0) >= counts.unsqueeze(1), -math.inf)
-            out[start : start + rows] = torch.logsumexp(log_k, dim=1) - counts.to(z.dtype).log()
+            padding = slots.unsqueeze(0) >= counts.unsqueeze(1)
+            log_k = self._log_kernel(sq).masked_fill_(padding, -math.inf)
+            out[start : start + rows] = _logsumexp_(log_k, padding) - counts.to(z.dtype).log()
         return out
 
     def extra_repr(self) -> str:
@@ -258,6 +258,24 @@ class KernelDensity(nn.Module):
             f"kernel={self.kernel}, bandwidth={self.bandwidth}, standardise={self.standardise}, "
             f"dim={self.dim}, models={self.num_models}"
         )
+
+
+#: Terms this far below a row's largest one are raised to it before exponentiating: they
+#: change the sum by under 1e-34 per term (far below float32 resolution), and exp() of
+#: arguments that underflow float32 (below about -87) runs 10-30x slower on CPU.
+_EXP_FLOOR = -80.0
+
+
+def _logsumexp_(scores: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-sum-exp over the last dimension of ``[M, N]`` scores; overwrites ``scores``.
+
+    ``padding`` marks entries to leave out (they must hold -inf or anything).
+    """
+    top = scores.amax(1, keepdim=True)
+    terms = scores.sub_(top).clamp_min_(_EXP_FLOOR).exp_()
+    if padding is not None:
+        terms.masked_fill_(padding, 0.0)
+    return terms.sum(1).log_().add_(top.squeeze(1))
 
 
 def time_steps(trajectories: TensorDictBase) -> torch.Tensor:
@@ -309,7 +327,7 @@ class DensityRewardNet(RewardNet):
         bandwidth: float = 0.5,
         standardise: bool = True,
         stationary: bool = True,
-        chunk_elements: int = 1 << 19,
+        chunk_elements: int = 1 << 17,
         num_states: int | None = None,
         time_key: NestedKey = ("next", "step_count"),
         out_key: NestedKey = "learned_reward",
