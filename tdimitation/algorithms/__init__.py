@@ -3,6 +3,7 @@
 from tdimitation.algorithms.adversarial import AIRL, GAIL, AdversarialImitation
 from tdimitation.algorithms.bc import BC, DemonstrationData
 from tdimitation.algorithms.dagger import DAgger, MixturePolicy, exponential_beta, linear_beta
+from tdimitation.algorithms.density import Density
 from tdimitation.algorithms.mce_irl import MCEIRL, demonstration_occupancy
 from tdimitation.algorithms.tabular_ops import (
     TabularPolicy,
@@ -18,6 +19,7 @@ __all__ = [
     "BC",
     "DemonstrationData",
     "DAgger",
+    "Density",
     "MixturePolicy",
     "exponential_beta",
     "linear_beta",

@@ -1,5 +1,6 @@
 """Reward networks as TensorDict modules, their wrappers, and saving/loading by kind."""
 
+from tdimitation.rewards.density import DensityRewardNet, KernelDensity
 from tdimitation.rewards.nets import (
     DEFAULT_KEYS,
     INPUT_NORMALIZERS,
@@ -61,6 +62,8 @@ __all__ = [
     "CNNPotential",
     "ShapedRewardNet",
     "ZeroRewardNet",
+    "DensityRewardNet",
+    "KernelDensity",
     "NormalizedRewardNet",
     "RewardEnsemble",
     "AddStdRewardWrapper",
