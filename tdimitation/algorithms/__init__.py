@@ -3,6 +3,7 @@
 from tdimitation.algorithms.adversarial import AIRL, GAIL, AdversarialImitation
 from tdimitation.algorithms.bc import BC, DemonstrationData
 from tdimitation.algorithms.dagger import DAgger, MixturePolicy, exponential_beta, linear_beta
+from tdimitation.algorithms.sqil import SQIL
 
 __all__ = [
     "AIRL",
@@ -12,6 +13,7 @@ __all__ = [
     "DemonstrationData",
     "DAgger",
     "MixturePolicy",
+    "SQIL",
     "exponential_beta",
     "linear_beta",
 ]
