@@ -171,7 +171,10 @@ def test_checkpoint_holds_both_buffers_counters_and_rngs(trained):
     restored = SQIL.load_from_checkpoint(path, weights_only=True)
     assert restored.frames == restored.agent.frames == snap["frames"]
     assert restored.agent.num_updates == snap["updates"]
-    for buffer, saved in ((restored.agent.buffer, "agent_buffer"), (restored.demo_buffer, "demo_buffer")):
+    for buffer, saved in (
+        (restored.agent.buffer, "agent_buffer"),
+        (restored.demo_buffer, "demo_buffer"),
+    ):
         stored = buffer[:]
         for key in TRANSITION_KEYS:
             assert torch.equal(stored.get(key), snap[saved].get(key)), (saved, key)
