@@ -103,6 +103,8 @@ def run_ours(env: str, seed: int, demos, args, stop_at_target: bool) -> dict:
     init_args = dict(config["model"]["init_args"]) | {"seed": seed}
     if args.total_frames:
         init_args["total_frames"] = args.total_frames
+    if args.agent_kwargs:
+        init_args["agent_kwargs"] = init_args["agent_kwargs"] | json.loads(args.agent_kwargs)
     model = SQIL(demonstrations=demos, **init_args)
     log = EvalLog(TARGETS[env], args.eval_every, args.eval_episodes, stop_at_target)
     trainer = L.Trainer(
@@ -123,6 +125,7 @@ def run_ours(env: str, seed: int, demos, args, stop_at_target: bool) -> dict:
         "final_eval_return": log.returns[-1][1] if log.returns else None,
         "train_seconds": round(log.train_seconds, 1),
         "frames": model.frames,
+        "agent_kwargs_override": args.agent_kwargs or None,
         "returns": log.returns,
         "loadavg": os.getloadavg()[0],
     }
@@ -164,6 +167,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--n-demos", type=int, default=20, help="expert episodes")
     parser.add_argument("--total-frames", type=int, default=0, help="override the recipe")
+    parser.add_argument("--agent-kwargs", default="", help="JSON overriding the recipe's")
     parser.add_argument("--eval-every", type=int, default=8, help="rounds between evaluations")
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--ref-max-steps", type=int, default=1_000_000)
