@@ -14,7 +14,9 @@
   Each side stops at its first evaluation >= 475 or at its frame or time cap.
 
 One torch thread. Usage: ``python benchmarks/bench_sqil.py --mode quality --env cartpole
-[--seeds 0 1 2]``; ``--mode speed [--ref-max-steps 1000000 --ref-max-seconds 1800]``.
+[--seeds 0 1 2]``; ``--mode speed --eval-every 4 [--ref-max-steps 1000000
+--ref-max-seconds 1800]`` (the figures in RESULTS.md; Pendulum quality used
+``--eval-every 25``).
 Each result is one JSON line.
 """
 
