@@ -53,6 +53,10 @@ class LossError(TdimitationError, ValueError):
     """A loss module is misconfigured or got batches it cannot use."""
 
 
+class ReplayBufferError(TdimitationError, ValueError):
+    """A replay buffer was configured where an algorithm owns its buffers (SQIL)."""
+
+
 __all__ = [
     "TdimitationError",
     "TrajectoryError",
@@ -65,6 +69,7 @@ __all__ = [
     "VideoError",
     "NetworkError",
     "LossError",
+    "ReplayBufferError",
 ]
 
 

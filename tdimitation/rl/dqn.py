@@ -22,7 +22,7 @@ bookkeeping, more than the arithmetic of a minibatch of 64 on CPU.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,7 @@ from tdimitation.envs import as_env_id
 from tdimitation.errors import SpaceMismatchError
 from tdimitation.nn import mlp_forward
 from tdimitation.policies.actors import QValueActor, build_actor
-from tdimitation.rl.base import OnlineAlgorithm
+from tdimitation.rl.base import OnlineAlgorithm, plain_backward
 from tdimitation.utils import check_positive, seeded
 
 _LOSS_FUNCTIONS = ("smooth_l1", "l2")
@@ -353,16 +353,59 @@ class DQN(OnlineAlgorithm):
         steps = self.hparams.gradient_steps
         return self.frames_per_batch if steps == -1 else int(steps)
 
-    def _update(self, n_steps: int) -> dict[str, float]:
+    def sync_frames(self, frames: int) -> None:
+        """Set the frame counter (as a driven component) and the epsilon it schedules."""
+        super().sync_frames(frames)
+        self.actor.epsilon.fill_(self.exploration_rate(self.frames))
+
+    def update(
+        self,
+        batch: TensorDictBase,
+        optimizer: torch.optim.Optimizer,
+        backward: Callable[[torch.Tensor], None] | None = None,
+        reward_fn: Callable[[TensorDictBase], torch.Tensor] | None = None,
+        sample_fn: Callable[[int], TensorDictBase] | None = None,
+    ) -> dict[str, float]:
+        """Store one round and run its gradient steps (see :meth:`OnlineAlgorithm.update`).
+
+        ``reward_fn`` relabels each round's block of sampled transitions; ``sample_fn(n)``,
+        when given, supplies the ``n`` transitions of a round's minibatches (``n`` a
+        multiple of ``batch_size``, consecutive rows forming one minibatch) instead of this
+        module's replay buffer: a driving algorithm (SQIL) mixes in its own data this way.
+        Updates start once ``self.frames`` plus this round reach ``learning_starts``.
+        """
+        self.store_transitions(self.buffer, batch)
+        metrics: dict[str, float] = {}
+        n_steps = self._gradient_steps()
+        if self.frames + batch.numel() >= self.hparams.learning_starts and n_steps > 0:
+            metrics = self._update(
+                n_steps, optimizer, backward or plain_backward, reward_fn, sample_fn
+            )
+        if self.actor.obs_norm is not None:
+            # After the updates: this round's targets used the statistics it was collected with.
+            self.actor.obs_norm.update(batch.get("observation").reshape(batch.numel(), -1))
+        metrics["updates"] = float(self.num_updates)
+        return metrics
+
+    def _update(
+        self,
+        n_steps: int,
+        opt: torch.optim.Optimizer,
+        backward: Callable[[torch.Tensor], None],
+        reward_fn: Callable[[TensorDictBase], torch.Tensor] | None = None,
+        sample_fn: Callable[[int], TensorDictBase] | None = None,
+    ) -> dict[str, float]:
         """``n_steps`` gradient steps on minibatches drawn uniformly (with replacement)."""
         hp = self.hparams
-        opt = self.optimizers()
         bs = int(hp.batch_size)
         # One draw of n_steps * bs rows per round: the buffer does not change within a
         # round, so this is the same distribution as one draw per step, without the
         # ~0.1 ms replay-buffer call per step.
-        block = self.buffer.sample(n_steps * bs).reshape(n_steps, bs).to(self.device)
+        block = (sample_fn or self.buffer.sample)(n_steps * bs).to(self.device)
         keys = self.loss.tensor_keys
+        if reward_fn is not None:
+            block.set(("next", keys.reward), reward_fn(block).reshape(-1, 1))
+        block = block.reshape(n_steps, bs)
         obs = block.get(keys.observation)
         action = block.get(keys.action)
         next_obs = block.get(("next", keys.observation))
@@ -375,7 +418,7 @@ class DQN(OnlineAlgorithm):
                 obs[k], action[k], reward[k], next_obs[k], terminated[k]
             )
             opt.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
+            backward(loss)
             if hp.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm, foreach=True)
             opt.step()
@@ -391,17 +434,9 @@ class DQN(OnlineAlgorithm):
 
     def training_round(self, batch: TensorDictBase) -> None:
         """One round: store the batch, update if past ``learning_starts``, log."""
-        self.store_transitions(self.buffer, batch)
         # The epsilon this round was collected with (set in on_train_batch_start).
         metrics = {"epsilon": self.exploration_rate(self.frames)}
-        frames_after = self.frames + batch.numel()
-        n_steps = self._gradient_steps()
-        if frames_after >= self.hparams.learning_starts and n_steps > 0:
-            metrics |= self._update(n_steps)
-        if self.actor.obs_norm is not None:
-            # After the updates: this round's targets used the statistics it was collected with.
-            self.actor.obs_norm.update(batch.get("observation").reshape(batch.numel(), -1))
-        metrics["updates"] = float(self.num_updates)
+        metrics |= self.update(batch, self.optimizers(), self.manual_backward)
         self.log_round(batch, metrics)
         # Between rounds (and in checkpoints) the actor holds the next round's epsilon.
         self.actor.epsilon.fill_(self.exploration_rate(self.frames))

@@ -701,11 +701,15 @@ class SAC(OnlineAlgorithm):
         optimizer: torch.optim.Optimizer,
         backward: Callable[[torch.Tensor], None] | None = None,
         reward_fn: Callable[[TensorDictBase], torch.Tensor] | None = None,
+        sample_fn: Callable[[int], TensorDictBase] | None = None,
     ) -> dict[str, float]:
         """Store one round and run its gradient steps (see :meth:`OnlineAlgorithm.update`).
 
         ``reward_fn`` relabels each sampled block of transitions (``TRANSITION_KEYS``), so
-        replayed transitions always carry the current learned reward. Gradient steps start
+        replayed transitions always carry the current learned reward. ``sample_fn(n)``, when
+        given, supplies each block of ``n`` transitions (a multiple of ``batch_size``,
+        consecutive rows forming one minibatch) instead of this module's replay buffer: a
+        driving algorithm (SQIL) mixes in its own data this way. Gradient steps start
         once ``self.frames`` plus this round reach ``learning_starts``.
         """
         self.store_transitions(self.buffer, batch)
@@ -713,7 +717,7 @@ class SAC(OnlineAlgorithm):
         if self.frames + batch.numel() >= self.learning_starts:
             start = time.perf_counter()
             metrics = self._gradient_steps(
-                self.gradient_steps, optimizer, backward or plain_backward, reward_fn
+                self.gradient_steps, optimizer, backward or plain_backward, reward_fn, sample_fn
             )
             metrics["update_seconds"] = time.perf_counter() - start
             self.update_seconds += metrics["update_seconds"]
@@ -731,6 +735,7 @@ class SAC(OnlineAlgorithm):
         opt: torch.optim.Optimizer,
         backward: Callable[[torch.Tensor], None],
         reward_fn: Callable[[TensorDictBase], torch.Tensor] | None,
+        sample_fn: Callable[[int], TensorDictBase] | None = None,
     ) -> dict[str, float]:
         device = self.device
         keys = self.loss.tensor_keys
@@ -741,7 +746,7 @@ class SAC(OnlineAlgorithm):
         done_steps = 0
         while done_steps < n_steps:
             k = min(block, n_steps - done_steps)
-            data = self.buffer.sample(k * self.batch_size).to(device)
+            data = (sample_fn or self.buffer.sample)(k * self.batch_size).to(device)
             if reward_fn is not None:
                 # One relabelling call per block (the reward is fixed during a round).
                 data.set(("next", keys.reward), reward_fn(data).reshape(-1, 1))
