@@ -53,6 +53,14 @@ class LossError(TdimitationError, ValueError):
     """A loss module is misconfigured or got batches it cannot use."""
 
 
+class PreferenceError(TdimitationError, ValueError):
+    """Preference comparisons got bad input: schedule, labels, fragments, budgets, ensembles."""
+
+
+class FragmentError(PreferenceError):
+    """Fragments cannot be drawn: no episode is at least as long as the fragment length."""
+
+
 __all__ = [
     "TdimitationError",
     "TrajectoryError",
@@ -65,4 +73,6 @@ __all__ = [
     "VideoError",
     "NetworkError",
     "LossError",
+    "PreferenceError",
+    "FragmentError",
 ]
