@@ -142,7 +142,8 @@ class SyntheticGatherer(PreferenceGatherer):
         if state.get("rng") is not None and self.rng is not None:
             self.rng.set_state(state["rng"])
         ids = state.get("answered_ids")
-        self._answered = [(ids, state["answered_labels"])] if ids is not None and ids.numel() else []
+        answered = ids is not None and ids.numel() > 0
+        self._answered = [(ids, state["answered_labels"])] if answered else []
 
 
 __all__ = ["PreferenceGatherer", "SyntheticGatherer"]
