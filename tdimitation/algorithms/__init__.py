@@ -3,6 +3,7 @@
 from tdimitation.algorithms.adversarial import AIRL, GAIL, AdversarialImitation
 from tdimitation.algorithms.bc import BC, DemonstrationData
 from tdimitation.algorithms.dagger import DAgger, MixturePolicy, exponential_beta, linear_beta
+from tdimitation.algorithms.preference import PreferenceComparisons
 
 __all__ = [
     "AIRL",
@@ -14,4 +15,5 @@ __all__ = [
     "MixturePolicy",
     "exponential_beta",
     "linear_beta",
+    "PreferenceComparisons",
 ]
