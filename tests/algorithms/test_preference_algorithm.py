@@ -17,7 +17,7 @@ from tdimitation.algorithms.preference import (
 from tdimitation.algorithms.preference.schedule import agent_rounds
 from tdimitation.data.rollout import rollout
 from tdimitation.envs import make_env
-from tdimitation.errors import HorizonError, PreferenceError
+from tdimitation.errors import HorizonError, PreferenceError, TrajectoryError
 from tdimitation.policies.base import RandomPolicy, ZeroPolicy
 from tdimitation.rewards import load_reward
 from tests.helpers import quiet_trainer as trainer
@@ -120,8 +120,8 @@ def test_variable_horizon_guard_and_bad_input():
         small(reward_minibatch_size=5)
     with pytest.raises(PreferenceError, match="unknown query_schedule"):
         small(query_schedule="sometimes")
-    with pytest.raises(PreferenceError, match="pass trajectories="):
-        small(agent=None)
+    with pytest.raises(TrajectoryError, match="has no trajectories"):
+        trainer().fit(small(agent=None))
 
 
 def test_exploration_policy_switches_between_agent_and_random_actions():

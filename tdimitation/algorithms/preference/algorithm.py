@@ -160,11 +160,6 @@ class PreferenceComparisons(OnlineAlgorithm):
     ) -> None:
         env_id = as_env_id(env_id)
         fixed = agent is None
-        if fixed and trajectories is None:
-            raise PreferenceError(
-                "agent=None is the fixed-dataset mode: pass trajectories= (a trajectory set "
-                "or dataset path), or choose an agent ('ppo' or 'sac')"
-            )
         if not fixed and agent not in GENERATORS:
             raise PreferenceError(f"unknown agent {agent!r}; choose one of {sorted(GENERATORS)}")
         agent_kwargs = dict(agent_kwargs or {})
@@ -347,11 +342,25 @@ class PreferenceComparisons(OnlineAlgorithm):
         present = set(trajectories.keys(True))
         self.trajectories = trajectories.select(*[k for k in _SAMPLE_KEYS if k in present])
 
+    def make_train_loader(self, trajectories: TensorDictBase) -> DataLoader:
+        """Hook of :class:`~tdimitation.algorithms.DemonstrationData` (fixed-dataset mode)."""
+        if not self.fixed_dataset:
+            raise PreferenceError(
+                "a trajectory datamodule is only used in the fixed-dataset mode (agent=None)"
+            )
+        self.set_trajectories(trajectories)
+        return self.train_dataloader()
+
     def train_dataloader(self) -> DataLoader:
         if not self.fixed_dataset:
             return super().train_dataloader()
-        if self.trajectories is None:
+        if self.trajectories is None and self._trajectory_source is not None:
             self.set_trajectories(self._trajectory_source)
+        if self.trajectories is None:
+            raise TrajectoryError(
+                "the fixed-dataset mode has no trajectories: pass trajectories= or a "
+                "DemonstrationData datamodule"
+            )
         if self.seed is not None and self.next_query == 0:
             self.seed_rngs(self.seed)
         remaining = len(self.schedule) - self.next_query
