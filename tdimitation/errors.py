@@ -57,6 +57,14 @@ class ReplayBufferError(TdimitationError, ValueError):
     """A replay buffer was configured where an algorithm owns its buffers (SQIL)."""
 
 
+class PreferenceError(TdimitationError, ValueError):
+    """Preference comparisons got bad input: schedule, labels, fragments, budgets, ensembles."""
+
+
+class FragmentError(PreferenceError):
+    """Fragments cannot be drawn: no episode is at least as long as the fragment length."""
+
+
 __all__ = [
     "TdimitationError",
     "TrajectoryError",
@@ -70,6 +78,8 @@ __all__ = [
     "NetworkError",
     "LossError",
     "ReplayBufferError",
+    "PreferenceError",
+    "FragmentError",
 ]
 
 

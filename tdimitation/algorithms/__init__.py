@@ -5,6 +5,7 @@ from tdimitation.algorithms.bc import BC, DemonstrationData
 from tdimitation.algorithms.dagger import DAgger, MixturePolicy, exponential_beta, linear_beta
 from tdimitation.algorithms.density import Density
 from tdimitation.algorithms.mce_irl import MCEIRL, demonstration_occupancy
+from tdimitation.algorithms.preference import PreferenceComparisons
 from tdimitation.algorithms.sqil import SQIL
 from tdimitation.algorithms.tabular_ops import (
     TabularPolicy,
@@ -31,4 +32,5 @@ __all__ = [
     "TabularTensors",
     "occupancy_measures",
     "soft_value_iteration",
+    "PreferenceComparisons",
 ]

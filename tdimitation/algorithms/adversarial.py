@@ -135,7 +135,7 @@ class AdversarialImitation(OnlineAlgorithm):
                 f"generator_kwargs may not set {sorted(clash)}: they are this module's own "
                 "arguments and the generator shares them"
             )
-        gen = _build_generator(
+        gen = build_generator(
             GENERATORS[generator],
             env_id=env_id,
             num_envs=num_envs,
@@ -355,7 +355,7 @@ class AdversarialImitation(OnlineAlgorithm):
 
     def _learned_return(self, reward: torch.Tensor, done: torch.Tensor) -> dict[str, float]:
         """Learned-reward returns of the episodes finished in this ``[N, T]`` batch."""
-        returns, self._learned_carry = _finished_episode_sums(
+        returns, self._learned_carry = finished_episode_sums(
             reward.float(), done, self._learned_carry.to(reward.device)
         )
         if returns.numel() == 0:
@@ -444,7 +444,7 @@ class AIRL(AdversarialImitation):
         return self.reward_net.base
 
 
-def _build_generator(cls: type[OnlineAlgorithm], **kwargs: Any) -> OnlineAlgorithm:
+def build_generator(cls: type[OnlineAlgorithm], **kwargs: Any) -> OnlineAlgorithm:
     """Build the generator so that it records exactly its own hyperparameters.
 
     Under LightningCLI, every ``save_hyperparameters()`` call in the CLI's context records
@@ -461,7 +461,7 @@ def _build_generator(cls: type[OnlineAlgorithm], **kwargs: Any) -> OnlineAlgorit
     return generator
 
 
-def _finished_episode_sums(
+def finished_episode_sums(
     reward: torch.Tensor, done: torch.Tensor, carry: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sums of ``reward`` over the episodes that end in a ``[N, T]`` batch.

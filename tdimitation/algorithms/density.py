@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader
 
 from tdimitation.algorithms.adversarial import (
     GENERATORS,
-    _build_generator,
-    _finished_episode_sums,
+    build_generator,
+    finished_episode_sums,
 )
 from tdimitation.data.trajectory import check_matches_env, check_trajectories, episode_lengths
 from tdimitation.envs import as_env_id
@@ -104,7 +104,7 @@ class Density(OnlineAlgorithm):
                 f"rl_kwargs may not set {sorted(clash)}: they are this module's own arguments "
                 "and the agent shares them"
             )
-        agent = _build_generator(
+        agent = build_generator(
             GENERATORS[rl],
             env_id=env_id,
             num_envs=num_envs,
@@ -236,7 +236,7 @@ class Density(OnlineAlgorithm):
         metrics = self.agent.update(batch, self.optimizers(), self.manual_backward, reward_fn)
         metrics = {f"rl/{k}": v for k, v in metrics.items()}
         metrics["log_density_mean"] = float(raw.mean())
-        returns, self._learned_carry = _finished_episode_sums(
+        returns, self._learned_carry = finished_episode_sums(
             raw[..., 0].float(), batch.get(("next", "done"))[..., 0], self._learned_carry
         )
         if returns.numel():

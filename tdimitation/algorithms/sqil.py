@@ -22,7 +22,7 @@ from tensordict import TensorDictBase
 from torch.utils.data import DataLoader
 from torchrl.data import LazyTensorStorage, ReplayBuffer, TensorDictReplayBuffer
 
-from tdimitation.algorithms.adversarial import _build_generator
+from tdimitation.algorithms.adversarial import build_generator
 from tdimitation.data.trajectory import check_matches_env, check_trajectories
 from tdimitation.envs import as_env_id
 from tdimitation.errors import ReplayBufferError, SpaceMismatchError, TrajectoryError
@@ -84,7 +84,7 @@ class SQIL(OnlineAlgorithm):
         agent_kwargs = dict(agent_kwargs or {})
         _check_agent_kwargs(agent_kwargs)
         try:
-            rl = _build_generator(
+            rl = build_generator(
                 AGENTS[agent],
                 env_id=env_id,
                 num_envs=num_envs,

@@ -73,7 +73,7 @@ def plain_backward(loss: torch.Tensor) -> None:
     loss.backward()
 
 
-def _identity(batch):
+def identity_collate(batch):
     return batch
 
 
@@ -243,7 +243,7 @@ class OnlineAlgorithm(FitThreads, L.LightningModule):
             # Resume episode numbering; frames are counted by the module itself.
             self.collector._next_episode_id = self._collector_state["next_episode_id"]
         return DataLoader(
-            RoundIndices(0, rounds), batch_size=None, num_workers=0, collate_fn=_identity
+            RoundIndices(0, rounds), batch_size=None, num_workers=0, collate_fn=identity_collate
         )
 
     # --------------------------------------------------------------- training

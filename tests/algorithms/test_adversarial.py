@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 
 from tdimitation.algorithms import AIRL, GAIL, DemonstrationData
-from tdimitation.algorithms.adversarial import _finished_episode_sums
+from tdimitation.algorithms.adversarial import finished_episode_sums
 from tdimitation.data.rollout import rollout
 from tdimitation.envs import make_env
 from tdimitation.errors import SpaceMismatchError, TdimitationError, TrajectoryError
@@ -167,7 +167,7 @@ def test_finished_episode_sums_match_a_python_loop():
     done = torch.rand(3, 11, generator=g) < 0.25
     done[1] = False  # a sub-env with no episode end in this batch
     carry = torch.tensor([1.5, -2.0, 0.25])
-    sums, new_carry = _finished_episode_sums(reward, done, carry)
+    sums, new_carry = finished_episode_sums(reward, done, carry)
     expected, expected_carry = [], []
     for i in range(3):
         total = float(carry[i])

@@ -1,0 +1,570 @@
+"""Preference comparisons (deep RL from human preferences) as a LightningModule.
+
+The loop, with ``N = num_iterations``:
+
+0. an initial query of ``initial_comparison_frac`` × ``total_comparisons`` on trajectories
+   of the untrained agent; the reward model trains ``initial_epoch_multiplier`` × longer;
+1. then ``N`` iterations of: sample trajectories → fragment into pairs → gather labels →
+   push to the dataset → train the reward model → train the agent on the learned reward.
+
+The comparisons per query follow the query schedule; the agent's frames are split evenly
+over iterations (the remainder to the last), in rounds of the agent's own batch size, so
+they sum to exactly ``total_frames``. Each Lightning ``training_step`` is one agent round;
+a query runs at the start of the round that begins its iteration. Trajectories the agent
+collected while training are reused for fragments; only what is missing is collected
+anew (``exploration_frac`` of it with :class:`ExplorationPolicy`).
+
+With ``trajectories`` given and ``agent=None`` (the fixed-dataset mode) there is no agent:
+each ``training_step`` is one query on fragments of the saved trajectories.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torch.utils.data import DataLoader
+
+from tdimitation.algorithms.adversarial import (
+    GENERATORS,
+    build_generator,
+    finished_episode_sums,
+)
+from tdimitation.algorithms.preference.dataset import PreferenceDataset
+from tdimitation.algorithms.preference.exploration import ExplorationPolicy
+from tdimitation.algorithms.preference.fragments import (
+    ActiveSelectionFragmenter,
+    Fragmenter,
+    RandomFragmenter,
+)
+from tdimitation.algorithms.preference.gatherers import PreferenceGatherer, SyntheticGatherer
+from tdimitation.algorithms.preference.regularizers import make_regularizer
+from tdimitation.algorithms.preference.schedule import agent_rounds, comparison_schedule
+from tdimitation.algorithms.preference.trainers import BasicRewardTrainer, EnsembleRewardTrainer
+from tdimitation.data.trajectory import check_matches_env, check_trajectories, episode_lengths
+from tdimitation.envs import as_env_id
+from tdimitation.errors import HorizonError, PreferenceError, TrajectoryError
+from tdimitation.nn import RunningNorm
+from tdimitation.objectives.preference import PreferenceLoss, PreferenceModel
+from tdimitation.policies.base import RandomPolicy
+from tdimitation.rewards import (
+    CHECKPOINT_REWARD_KEY,
+    MLPRewardNet,
+    RewardEnsemble,
+    RewardNet,
+    reward_payload,
+)
+from tdimitation.rl.base import OnlineAlgorithm, RoundIndices, identity_collate
+from tdimitation.utils import seeded
+
+#: What a sampled round keeps for fragments and the horizon guard.
+_SAMPLE_KEYS = (
+    "observation",
+    "action",
+    "episode",
+    ("next", "observation"),
+    ("next", "reward"),
+    ("next", "terminated"),
+    ("next", "done"),
+)
+
+
+class PreferenceComparisons(OnlineAlgorithm):
+    """Learn a reward from pairwise comparisons of fragments and an agent on it.
+
+    Args:
+        env_id: environment id (fixed-horizon ids are the intended use).
+        agent: ``"ppo"`` or ``"sac"`` (the RL algorithm trained on the learned reward), or
+            None with ``trajectories`` (fixed-dataset mode).
+        agent_kwargs: the agent's constructor arguments (not its env, budget or seed).
+        num_envs: sub-envs stepped together.
+        total_frames: the agent's budget of environment frames.
+        seed: seed of envs, networks and every generator of the run.
+        fixed_horizon: optional fixed episode length.
+        env_kwargs: extra ``gymnasium.make`` arguments.
+        trajectories: a trajectory set or dataset path to take fragments from instead of
+            an agent (fixed-dataset mode).
+        total_comparisons: the comparison budget.
+        num_iterations: iterations after the initial query.
+        initial_comparison_frac: share of comparisons in the initial query.
+        query_schedule: ``"constant"``, ``"hyperbolic"``, ``"inverse_quadratic"`` (or a
+            callable of t in [0, 1] when built in Python).
+        fragment_length: transitions per fragment.
+        transition_oversampling: transitions sampled per transition the fragments need.
+        comparison_queue_size: most comparisons kept (None: all).
+        reward_kwargs: :class:`~tdimitation.rewards.MLPRewardNet` arguments.
+        ensemble_size: members of a reward ensemble (None: a single net; else >= 2).
+        active_selection: keep the pairs the ensemble disagrees on most.
+        active_selection_oversampling: candidates per kept pair.
+        uncertainty_on: ``"logit"``, ``"probability"`` or ``"label"``.
+        fragment_warning_threshold: see :class:`RandomFragmenter`.
+        temperature, discount_factor, sample_labels, label_threshold: the synthetic
+            gatherer's (``discount_factor`` is also the preference model's γ).
+        noise_prob: the preference model's labelling noise.
+        reward_lr, reward_batch_size, reward_minibatch_size, reward_epochs: reward training.
+        initial_epoch_multiplier: epochs multiplier of the first reward training.
+        regularizer: :func:`make_regularizer` arguments (``kind``, ``initial_lambda``, ...).
+        exploration_frac: share of freshly sampled transitions collected while exploring.
+        switch_prob, random_prob: the exploration wrapper's.
+        normalize_reward: standardise the agent's learned reward by running statistics.
+        dataset_memmap_dir: keep the preference dataset in memory-mapped files here.
+        allow_variable_horizon: accept episodes of different lengths.
+    """
+
+    progress_bar_keys = ("reward/accuracy", "preferences/dataset_size")
+
+    def __init__(
+        self,
+        env_id: str,
+        agent: str | None = "ppo",
+        agent_kwargs: dict[str, Any] | None = None,
+        num_envs: int = 8,
+        total_frames: int = 100_000,
+        seed: int | None = 0,
+        fixed_horizon: int | None = None,
+        env_kwargs: dict[str, Any] | None = None,
+        trajectories: TensorDictBase | str | None = None,
+        total_comparisons: int = 200,
+        num_iterations: int = 5,
+        initial_comparison_frac: float = 0.1,
+        query_schedule: Any = "hyperbolic",
+        fragment_length: int = 100,
+        transition_oversampling: float = 1.0,
+        comparison_queue_size: int | None = None,
+        reward_kwargs: dict[str, Any] | None = None,
+        ensemble_size: int | None = None,
+        active_selection: bool = False,
+        active_selection_oversampling: float = 2.0,
+        uncertainty_on: str = "logit",
+        fragment_warning_threshold: float = 0.0,
+        temperature: float = 1.0,
+        discount_factor: float = 1.0,
+        sample_labels: bool = True,
+        label_threshold: float = 50.0,
+        noise_prob: float = 0.0,
+        reward_lr: float = 1e-3,
+        reward_batch_size: int = 32,
+        reward_minibatch_size: int | None = None,
+        reward_epochs: int = 3,
+        initial_epoch_multiplier: float = 200.0,
+        regularizer: dict[str, Any] | None = None,
+        exploration_frac: float = 0.0,
+        switch_prob: float = 0.5,
+        random_prob: float = 0.5,
+        normalize_reward: bool = True,
+        dataset_memmap_dir: str | None = None,
+        allow_variable_horizon: bool = False,
+    ) -> None:
+        env_id = as_env_id(env_id)
+        fixed = agent is None
+        if not fixed and agent not in GENERATORS:
+            raise PreferenceError(f"unknown agent {agent!r}; choose one of {sorted(GENERATORS)}")
+        agent_kwargs = dict(agent_kwargs or {})
+        clash = {"num_envs", "total_frames", "seed", "fixed_horizon", "env_kwargs", "env_id"}
+        clash &= set(agent_kwargs)
+        if clash:
+            raise PreferenceError(f"agent_kwargs may not set {sorted(clash)}: they are shared")
+        rl = None
+        if not fixed:
+            rl = build_generator(
+                GENERATORS[agent],
+                env_id=env_id,
+                num_envs=num_envs,
+                total_frames=total_frames,
+                seed=seed,
+                fixed_horizon=fixed_horizon,
+                env_kwargs=env_kwargs,
+                **agent_kwargs,
+            )
+        frames_per_batch = num_envs if fixed else rl.frames_per_batch
+        super().__init__(
+            env_id,
+            num_envs=num_envs,
+            frames_per_batch=frames_per_batch,
+            total_frames=max(total_frames, frames_per_batch),
+            seed=seed,
+            fixed_horizon=fixed_horizon,
+            env_kwargs=env_kwargs,
+        )
+        if not fixed and total_frames % frames_per_batch:
+            raise PreferenceError(
+                f"total_frames ({total_frames}) must be a multiple of the agent's round "
+                f"({frames_per_batch} frames) so that agent steps sum to the budget"
+            )
+        if ensemble_size is not None and ensemble_size < 2:
+            raise PreferenceError(
+                f"a reward ensemble needs at least 2 members, got ensemble_size={ensemble_size}"
+                " (None for a single reward net)"
+            )
+        if not 0.0 <= exploration_frac <= 1.0:
+            raise PreferenceError(f"exploration_frac must be in [0, 1], got {exploration_frac}")
+        if fragment_length < 1 or transition_oversampling < 1:
+            raise PreferenceError("fragment_length and transition_oversampling must be >= 1")
+        # A callable schedule cannot be a hyperparameter (checkpoints load weights-only).
+        self.save_hyperparameters(
+            ignore=["trajectories"] + (["query_schedule"] if callable(query_schedule) else [])
+        )
+        self.query_schedule = query_schedule
+        self.schedule = comparison_schedule(
+            total_comparisons, num_iterations, initial_comparison_frac, query_schedule
+        )
+        self.fixed_dataset = fixed
+        self.rounds = (
+            [] if fixed else agent_rounds(total_frames // frames_per_batch, num_iterations)
+        )
+        if rl is not None:
+            rl.env.close()  # the agent collects through this module's env
+            self.agent = rl
+            spec = RandomPolicy(self.env).spec
+            self.exploration = ExplorationPolicy(
+                rl.collection_policy(), spec, switch_prob, random_prob
+            )
+        else:
+            self.agent = None
+        with seeded(None if seed is None else seed + 1):
+            self.reward_net = self._build_reward_net(dict(reward_kwargs or {}), ensemble_size)
+        self.preference_model = PreferenceModel(
+            self.reward_net, noise_prob, discount_factor, label_threshold
+        )
+        self.reward_loss = PreferenceLoss(self.preference_model)
+        self.fragmenter: Fragmenter = RandomFragmenter(self.rng, fragment_warning_threshold)
+        if active_selection:
+            self.fragmenter = ActiveSelectionFragmenter(
+                self.preference_model,
+                self.fragmenter,
+                active_selection_oversampling,
+                uncertainty_on,
+            )
+        self.gatherer: PreferenceGatherer = SyntheticGatherer(
+            temperature,
+            discount_factor,
+            sample_labels,
+            seed=_gatherer_seed(seed) if sample_labels else None,
+            threshold=label_threshold,
+        )
+        trainer_cls = EnsembleRewardTrainer if ensemble_size else BasicRewardTrainer
+        self.reward_trainer = trainer_cls(
+            self.reward_loss,
+            self.rng,
+            reward_batch_size,
+            reward_minibatch_size,
+            reward_epochs,
+            reward_lr,
+            make_regularizer(**regularizer) if regularizer else None,
+            backward=self.manual_backward,
+        )
+        self.dataset = PreferenceDataset(comparison_queue_size, dataset_memmap_dir)
+        self.reward_norm = RunningNorm((), clip=10.0) if normalize_reward else None
+        # Learned-reward sums of each sub-env's unfinished episode (the learned return).
+        self.register_buffer("_learned_carry", torch.zeros(self.num_envs), persistent=True)
+        self.trajectories: TensorDictBase | None = None
+        self._trajectory_source = trajectories
+        # Loop state (checkpointed): the next query, pair ids, pending pairs, sample buffer.
+        self.next_query = 0
+        self.comparisons = 0
+        self._next_pair_id = 0
+        self._reward_trained = False
+        self._pending: TensorDictBase | None = None
+        self._pending_ids = torch.zeros(0, dtype=torch.int64)
+        self._sampled: list[TensorDictBase] = []
+        self._sample_frames = 0
+        self._horizon: int | None = None
+
+    # ----------------------------------------------------------------- building
+    def _build_reward_net(self, kwargs: dict[str, Any], ensemble_size: int | None) -> RewardNet:
+        options = {"normalize_input": True} | kwargs
+        if ensemble_size:
+            return RewardEnsemble(
+                [MLPRewardNet.from_env(self.env, **options) for _ in range(ensemble_size)]
+            )
+        return MLPRewardNet.from_env(self.env, **options)
+
+    def collection_policy(self):
+        return self.exploration
+
+    def export_policy(self):
+        if self.agent is None:
+            raise PreferenceError("the fixed-dataset mode trains no policy (only a reward)")
+        return self.agent.export_policy()
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        reward_optimizer = self.reward_trainer.optimizer
+        if self.agent is None:
+            return [reward_optimizer]
+        return [self.agent.configure_optimizers(), reward_optimizer]
+
+    def replay_buffers(self) -> dict:
+        return {} if self.agent is None else self.agent.replay_buffers()
+
+    def seed_rngs(self, seed: int) -> None:
+        super().seed_rngs(seed)
+        if isinstance(self.gatherer, SyntheticGatherer) and self.gatherer.rng is not None:
+            self.gatherer.rng.manual_seed(_gatherer_seed(seed))
+
+    def set_gatherer(self, gatherer: PreferenceGatherer) -> None:
+        """Use another labeller (for example a human behind a web page)."""
+        if not isinstance(gatherer, PreferenceGatherer):
+            raise PreferenceError(f"a gatherer must be a PreferenceGatherer, got {gatherer!r}")
+        self.gatherer = gatherer
+
+    # --------------------------------------------------------------------- data
+    def _check_horizon(self, lengths: torch.Tensor, where: str) -> None:
+        if self.hparams.allow_variable_horizon or lengths.numel() == 0:
+            return
+        seen = set(lengths.unique().tolist()) | ({self._horizon} - {None})
+        if len(seen) > 1:
+            raise HorizonError(
+                f"episodes of different lengths {sorted(seen)[:6]} in {where}: a learned "
+                "reward can then teach ending episodes early or late whatever the "
+                "preferences. Use a fixed-horizon env (e.g. tdimitation/CartPoleFixed-v1 or "
+                "fixed_horizon=H) or pass allow_variable_horizon=True if you know why"
+            )
+        self._horizon = int(next(iter(seen)))
+
+    def set_trajectories(self, trajectories: TensorDictBase | str) -> None:
+        """The fixed dataset's trajectories (checked against the env and the horizon)."""
+        if isinstance(trajectories, str):
+            from tdimitation.data.storage import load_trajectories
+
+            trajectories = load_trajectories(trajectories)
+        check_trajectories(trajectories, "trajectories")
+        check_matches_env(trajectories, self.env, "trajectories")
+        no_reward = ("next", "reward") not in trajectories.keys(True)
+        if no_reward and isinstance(self.gatherer, SyntheticGatherer):
+            raise TrajectoryError(
+                "the trajectories carry no ('next', 'reward'): the synthetic gatherer needs "
+                "the true reward (or set a gatherer that asks a labeller)"
+            )
+        self._check_horizon(episode_lengths(trajectories), "the trajectories")
+        present = set(trajectories.keys(True))
+        self.trajectories = trajectories.select(*[k for k in _SAMPLE_KEYS if k in present])
+
+    def make_train_loader(self, trajectories: TensorDictBase) -> DataLoader:
+        """Hook of :class:`~tdimitation.algorithms.DemonstrationData` (fixed-dataset mode)."""
+        if not self.fixed_dataset:
+            raise PreferenceError(
+                "a trajectory datamodule is only used in the fixed-dataset mode (agent=None)"
+            )
+        self.set_trajectories(trajectories)
+        return self.train_dataloader()
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.fixed_dataset:
+            return super().train_dataloader()
+        if self.trajectories is None and self._trajectory_source is not None:
+            self.set_trajectories(self._trajectory_source)
+        if self.trajectories is None:
+            raise TrajectoryError(
+                "the fixed-dataset mode has no trajectories: pass trajectories= or a "
+                "DemonstrationData datamodule"
+            )
+        if self.seed is not None and self.next_query == 0:
+            self.seed_rngs(self.seed)
+        remaining = len(self.schedule) - self.next_query
+        if remaining <= 0:
+            raise PreferenceError("nothing left to do: every query of the schedule ran")
+        return DataLoader(
+            RoundIndices(0, remaining), batch_size=None, num_workers=0, collate_fn=identity_collate
+        )
+
+    # ----------------------------------------------------------------- training
+    def query_round(self, query: int) -> int:
+        """The agent round at whose start query ``query`` (0 = initial) runs."""
+        return 0 if query == 0 else sum(self.rounds[: query - 1])
+
+    def training_step(self, round_index: int, batch_idx: int) -> None:
+        if not self.fixed_dataset:
+            return super().training_step(round_index, batch_idx)
+        metrics = self.preference_query(self.trajectories)
+        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, on_step=True, batch_size=1)
+        return None
+
+    def training_round(self, batch: TensorDictBase) -> None:
+        self._remember(batch)
+        metrics: dict[str, float] = {}
+        round_index = self.frames // self.frames_per_batch
+        while self.next_query < len(self.schedule) and round_index >= self.query_round(
+            self.next_query
+        ):
+            metrics |= self.preference_query(self._sample_trajectories())
+        start = time.perf_counter()
+        with torch.no_grad():
+            raw = self._learned_reward(batch)
+        if self.reward_norm is not None:
+            self.reward_norm.update(raw)
+
+        def reward_fn(tensordict: TensorDictBase) -> torch.Tensor:
+            if tensordict is batch:
+                return self._scale(raw)
+            with torch.no_grad():
+                return self._scale(self._learned_reward(tensordict))
+
+        agent_optimizer = self.optimizers()[0]
+        self.agent.sync_frames(self.frames)
+        agent_metrics = self.agent.update(batch, agent_optimizer, self.manual_backward, reward_fn)
+        metrics |= {f"agent/{k}": v for k, v in agent_metrics.items()}
+        metrics["time/agent_update_s"] = time.perf_counter() - start
+        metrics["learned_reward_mean"] = float(raw.mean())
+        returns, carry = finished_episode_sums(
+            raw[..., 0].float(), batch.get(("next", "done"))[..., 0], self._learned_carry
+        )
+        self._learned_carry.copy_(carry)
+        if returns.numel():
+            metrics["episode/learned_return"] = float(returns.mean())
+        self.log_round(batch, metrics)
+        self.agent.sync_frames(self.frames)
+
+    def _learned_reward(self, tensordict: TensorDictBase) -> torch.Tensor:
+        return self.reward_net(tensordict.select(*self.reward_net.in_keys).clone(False)).get(
+            "learned_reward"
+        )
+
+    def _scale(self, reward: torch.Tensor) -> torch.Tensor:
+        return reward if self.reward_norm is None else self.reward_norm(reward)
+
+    # --------------------------------------------------------- sampling rounds
+    def _remember(self, batch: TensorDictBase, prune: bool = True) -> None:
+        """Keep a collected round for fragments (and check its horizon)."""
+        done = batch.get(("next", "done"))[..., 0]
+        self._check_horizon(batch.get(("next", "step_count"))[..., 0][done], "the rollouts")
+        self._sampled.append(batch.select(*_SAMPLE_KEYS).cpu())
+        if prune:
+            # Keep only as many rounds as the next query can use (memory stays bounded).
+            last = self.next_query >= len(self.schedule)
+            need = 0 if last else self._transitions_needed(self.next_query)
+            del self._sampled[: -max(1, math.ceil(need / self.frames_per_batch))]
+
+    def _transitions_needed(self, query: int) -> int:
+        hp = self.hparams
+        pairs = self.schedule[query]
+        return math.ceil(hp.transition_oversampling * 2 * pairs * hp.fragment_length)
+
+    def _collect(self, rounds: int, explore: bool) -> None:
+        self.exploration.explore = explore
+        try:
+            for _ in range(rounds):
+                batch = self.collector.rollout()
+                self._sample_frames += batch.numel()
+                self._remember(batch, prune=False)
+        finally:
+            self.exploration.explore = False
+
+    def _sample_trajectories(self) -> TensorDictBase:
+        """A flat trajectory set for the next query: agent rounds first, then fresh ones."""
+        need = self._transitions_needed(self.next_query)
+        explore = math.ceil(self.hparams.exploration_frac * need / self.frames_per_batch)
+        agent_need = max(0, need - explore * self.frames_per_batch)
+        have = sum(b.numel() for b in self._sampled)
+        self._collect(max(0, math.ceil((agent_need - have) / self.frames_per_batch)), False)
+        self._collect(explore, True)
+        # Rounds are consecutive in each sub-env's stream: joined along time, each sub-env's
+        # row holds whole episode runs, and row-major flattening keeps them contiguous.
+        stream = torch.cat(self._sampled, dim=1)
+        self._sampled = []
+        return stream.reshape(-1)
+
+    # ------------------------------------------------------------------ queries
+    def preference_query(self, trajectories: TensorDictBase) -> dict[str, float]:
+        """One query: fragment, gather, push, train the reward model; returns metrics."""
+        hp = self.hparams
+        n_pairs = self.schedule[self.next_query]
+        self.next_query += 1
+        metrics: dict[str, float] = {}
+        start = time.perf_counter()
+        if n_pairs > 0:
+            pairs = self.fragmenter(trajectories, hp.fragment_length, n_pairs)
+            ids = torch.arange(self._next_pair_id, self._next_pair_id + n_pairs)
+            self._next_pair_id += n_pairs
+            self._pending = pairs if self._pending is None else torch.cat([self._pending, pairs])
+            self._pending_ids = torch.cat([self._pending_ids, ids])
+            self.gatherer.submit(pairs, ids)
+        metrics["time/fragments_s"] = time.perf_counter() - start
+        self._receive_answers()
+        metrics |= {f"preferences/{k}": v for k, v in self.gatherer.metrics.items()}
+        metrics["preferences/dataset_size"] = float(len(self.dataset))
+        metrics["preferences/comparisons"] = float(self.comparisons)
+        if len(self.dataset):
+            start = time.perf_counter()
+            multiplier = 1.0 if self._reward_trained else hp.initial_epoch_multiplier
+            out = self.reward_trainer.train(self.dataset, multiplier)
+            self._reward_trained = True
+            metrics |= {f"reward/{k.removeprefix('train/')}": v for k, v in out.items()}
+            metrics["time/reward_s"] = time.perf_counter() - start
+        metrics["sample_frames"] = float(self._sample_frames)
+        self.last_query_metrics = metrics
+        return metrics
+
+    def _receive_answers(self) -> None:
+        ids, labels = self.gatherer.poll()
+        if ids.numel() == 0 or self._pending is None:
+            return
+        match = self._pending_ids.unsqueeze(0) == ids.unsqueeze(1)  # [answers, pending]
+        if not bool(match.any(1).all()):
+            raise PreferenceError("the gatherer answered ids that were never submitted")
+        position = match.float().argmax(1)
+        self.dataset.push(self._pending[position], labels)
+        self.comparisons += int(ids.numel())
+        keep = ~match.any(0)
+        self._pending = self._pending[keep] if bool(keep.any()) else None
+        self._pending_ids = self._pending_ids[keep]
+
+    # -------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.agent is not None:
+            super().on_save_checkpoint(checkpoint)
+        else:
+            checkpoint["tdimitation"] = {
+                "frames": 0,
+                "collector": None,
+                "rng": {"torch": torch.get_rng_state(), "generators": [self.rng.get_state()]},
+                "buffers": {},
+            }
+        state = checkpoint["tdimitation"]
+        state[CHECKPOINT_REWARD_KEY] = reward_payload(self.reward_net)
+        state["preference"] = {
+            "next_query": self.next_query,
+            "comparisons": self.comparisons,
+            "next_pair_id": self._next_pair_id,
+            "reward_trained": self._reward_trained,
+            "horizon": self._horizon,
+            "sample_frames": self._sample_frames,
+            "dataset": self.dataset.state_dict(),
+            "trainer": self.reward_trainer.state_dict(),
+            "gatherer": self.gatherer.state_dict(),
+            "pending": None if self._pending is None else self._pending.to_dict(),
+            "pending_ids": self._pending_ids,
+            "sampled": [b.to_dict() for b in self._sampled],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.agent is not None:
+            super().on_load_checkpoint(checkpoint)
+            self.agent.sync_frames(self.frames)
+        else:
+            state = checkpoint["tdimitation"]
+            torch.set_rng_state(state["rng"]["torch"])
+            self.rng.set_state(state["rng"]["generators"][0])
+        state = checkpoint["tdimitation"]["preference"]
+        self.next_query = int(state["next_query"])
+        self.comparisons = int(state["comparisons"])
+        self._next_pair_id = int(state["next_pair_id"])
+        self._reward_trained = bool(state["reward_trained"])
+        self._horizon = state["horizon"]
+        self._sample_frames = int(state["sample_frames"])
+        self.dataset.load_state_dict(state["dataset"])
+        self.reward_trainer.load_state_dict(state["trainer"])
+        self.gatherer.load_state_dict(state["gatherer"])
+        pending = state["pending"]
+        self._pending = None if pending is None else TensorDict.from_dict(pending, batch_dims=3)
+        self._pending_ids = state["pending_ids"]
+        self._sampled = [TensorDict.from_dict(b, batch_dims=2) for b in state["sampled"]]
+
+
+def _gatherer_seed(seed: int | None) -> int:
+    return 7919 if seed is None else int(seed) + 7919
+
+
+__all__ = ["PreferenceComparisons"]
