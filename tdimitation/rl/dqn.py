@@ -297,7 +297,9 @@ class DQN(OnlineAlgorithm):
                 activation=activation,
                 normalize_observations=normalize_observations,
             )
-        self.actor.epsilon.fill_(self.exploration_rate(0))
+        # Frame 0 is in the random warm-up unless learning starts at once (exploration_rate(0),
+        # from the arguments: a driving algorithm sets this module's hparams after __init__).
+        self.actor.epsilon.fill_(1.0 if learning_starts > 0 else float(exploration_initial_eps))
         self.loss = QLearningLoss(
             self.actor, gamma=gamma, double_dqn=double_dqn, loss_function=loss_function
         )
