@@ -127,23 +127,16 @@ class AdversarialImitation(OnlineAlgorithm):
         env_id = as_env_id(env_id)
         if generator not in GENERATORS:
             raise ValueError(f"unknown generator {generator!r}; choose one of {sorted(GENERATORS)}")
-        generator_kwargs = dict(generator_kwargs or {})
-        shared = {"num_envs", "total_frames", "seed", "fixed_horizon", "env_kwargs", "env_id"}
-        clash = shared & set(generator_kwargs)
-        if clash:
-            raise ValueError(
-                f"generator_kwargs may not set {sorted(clash)}: they are this module's own "
-                "arguments and the generator shares them"
-            )
-        gen = build_generator(
+        gen = build_component(
             GENERATORS[generator],
+            "generator_kwargs",
+            generator_kwargs,
             env_id=env_id,
             num_envs=num_envs,
             total_frames=total_frames,
             seed=seed,
             fixed_horizon=fixed_horizon,
             env_kwargs=env_kwargs,
-            **generator_kwargs,
         )
         super().__init__(
             env_id,
@@ -459,6 +452,33 @@ def build_generator(cls: type[OnlineAlgorithm], **kwargs: Any) -> OnlineAlgorith
     generator.hparams.clear()
     generator.hparams.update(bound.arguments)
     return generator
+
+
+def build_component(
+    cls: type[OnlineAlgorithm],
+    argument: str,
+    component_kwargs: dict[str, Any] | None,
+    **shared: Any,
+) -> OnlineAlgorithm:
+    """An rl algorithm driven by another (a generator, an agent) sharing its env settings.
+
+    Args:
+        cls: the rl algorithm's class.
+        argument: the driver's argument holding ``component_kwargs`` (for the message).
+        component_kwargs: the component's own constructor arguments.
+        **shared: the env settings, budget and seed the driver shares with it.
+
+    Raises:
+        ValueError: ``component_kwargs`` sets one of the shared arguments.
+    """
+    component_kwargs = dict(component_kwargs or {})
+    clash = set(shared) & set(component_kwargs)
+    if clash:
+        raise ValueError(
+            f"{argument} may not set {sorted(clash)}: they are this module's own arguments "
+            "and the driven algorithm shares them"
+        )
+    return build_generator(cls, **shared, **component_kwargs)
 
 
 def finished_episode_sums(

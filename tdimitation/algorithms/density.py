@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from tdimitation.algorithms.adversarial import (
     GENERATORS,
-    build_generator,
+    build_component,
     finished_episode_sums,
 )
 from tdimitation.data.trajectory import check_matches_env, check_trajectories, episode_lengths
@@ -96,23 +96,16 @@ class Density(OnlineAlgorithm):
                 f"a non-stationary density needs rl='ppo': {rl} replays stored transitions, "
                 "which keep no time step to pick the density model by"
             )
-        rl_kwargs = dict(rl_kwargs or {})
-        shared = {"num_envs", "total_frames", "seed", "fixed_horizon", "env_kwargs", "env_id"}
-        clash = shared & set(rl_kwargs)
-        if clash:
-            raise ValueError(
-                f"rl_kwargs may not set {sorted(clash)}: they are this module's own arguments "
-                "and the agent shares them"
-            )
-        agent = build_generator(
+        agent = build_component(
             GENERATORS[rl],
+            "rl_kwargs",
+            rl_kwargs,
             env_id=env_id,
             num_envs=num_envs,
             total_frames=total_frames,
             seed=seed,
             fixed_horizon=fixed_horizon,
             env_kwargs=env_kwargs,
-            **rl_kwargs,
         )
         super().__init__(
             env_id,

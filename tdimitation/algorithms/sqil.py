@@ -22,7 +22,7 @@ from tensordict import TensorDictBase
 from torch.utils.data import DataLoader
 from torchrl.data import LazyTensorStorage, ReplayBuffer, TensorDictReplayBuffer
 
-from tdimitation.algorithms.adversarial import build_generator
+from tdimitation.algorithms.adversarial import build_component
 from tdimitation.data.trajectory import check_matches_env, check_trajectories
 from tdimitation.envs import as_env_id
 from tdimitation.errors import ReplayBufferError, SpaceMismatchError, TrajectoryError
@@ -84,15 +84,16 @@ class SQIL(OnlineAlgorithm):
         agent_kwargs = dict(agent_kwargs or {})
         _check_agent_kwargs(agent_kwargs)
         try:
-            rl = build_generator(
+            rl = build_component(
                 AGENTS[agent],
+                "agent_kwargs",
+                agent_kwargs,
                 env_id=env_id,
                 num_envs=num_envs,
                 total_frames=total_frames,
                 seed=seed,
                 fixed_horizon=fixed_horizon,
                 env_kwargs=env_kwargs,
-                **agent_kwargs,
             )
         except SpaceMismatchError as error:
             if agent != "dqn":
@@ -233,14 +234,9 @@ class SQIL(OnlineAlgorithm):
 
 
 def _check_agent_kwargs(agent_kwargs: dict[str, Any]) -> None:
-    """Refuse agent arguments SQIL sets itself: shared env settings and replay buffers."""
-    shared = {"num_envs", "total_frames", "seed", "fixed_horizon", "env_kwargs", "env_id"}
-    clash = shared & set(agent_kwargs)
-    if clash:
-        raise ValueError(
-            f"agent_kwargs may not set {sorted(clash)}: they are SQIL's own arguments and "
-            "the agent shares them"
-        )
+    """Refuse replay-buffer arguments: SQIL owns the agent's buffers (shared env settings
+    are refused by :func:`~tdimitation.algorithms.adversarial.build_component`).
+    """
     buffer_keys = [k for k in agent_kwargs if k in _BUFFER_OPTIONS]
     buffer_keys += [k for k, v in agent_kwargs.items() if isinstance(v, ReplayBuffer)]
     if buffer_keys:

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from tdimitation.algorithms.adversarial import (
     GENERATORS,
-    build_generator,
+    build_component,
     finished_episode_sums,
 )
 from tdimitation.algorithms.preference.dataset import PreferenceDataset
@@ -162,22 +162,18 @@ class PreferenceComparisons(OnlineAlgorithm):
         fixed = agent is None
         if not fixed and agent not in GENERATORS:
             raise PreferenceError(f"unknown agent {agent!r}; choose one of {sorted(GENERATORS)}")
-        agent_kwargs = dict(agent_kwargs or {})
-        clash = {"num_envs", "total_frames", "seed", "fixed_horizon", "env_kwargs", "env_id"}
-        clash &= set(agent_kwargs)
-        if clash:
-            raise PreferenceError(f"agent_kwargs may not set {sorted(clash)}: they are shared")
         rl = None
         if not fixed:
-            rl = build_generator(
+            rl = build_component(
                 GENERATORS[agent],
+                "agent_kwargs",
+                agent_kwargs,
                 env_id=env_id,
                 num_envs=num_envs,
                 total_frames=total_frames,
                 seed=seed,
                 fixed_horizon=fixed_horizon,
                 env_kwargs=env_kwargs,
-                **agent_kwargs,
             )
         frames_per_batch = num_envs if fixed else rl.frames_per_batch
         super().__init__(
