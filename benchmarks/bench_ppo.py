@@ -22,6 +22,7 @@ import json
 import statistics
 import time
 import warnings
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -149,18 +150,35 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-solve", action="store_true")
+    parser.add_argument("--out", help="also write the result as JSON to this file")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
 
     runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     sb3: list[dict] = []
-    for _ in range(args.repeats):
-        for name, kwargs in VARIANTS.items():
-            runs[name].append(ours_throughput(**kwargs))
+    # Repeat by repeat, SB3 runs between our variants (before the first and after each), so
+    # every variant is compared with the SB3 runs taken right beside it.
+    pair_ratios: dict[str, list[float]] = {name: [] for name in VARIANTS}
+
+    def sb3_run() -> dict | None:
         ref = reference(["--mode", "throughput", "--rounds", str(ROUNDS)])
-        if ref:
-            sb3.append({k.removeprefix("sb3_"): v for k, v in ref.items()})
+        if not ref:
+            return None
+        row = {k.removeprefix("sb3_"): v for k, v in ref.items()}
+        sb3.append(row)
+        return row
+
+    for _ in range(args.repeats):
+        before = sb3_run()
+        for name, kwargs in VARIANTS.items():
+            ours = ours_throughput(**kwargs)
+            runs[name].append(ours)
+            after = sb3_run()
+            beside = [r["fps"] for r in (before, after) if r]
+            if beside:
+                pair_ratios[name].append(ours["fps"] / statistics.mean(beside))
+            before = after
     print(
         f"\nPPO CartPole-v1, 8 envs x 2048 steps, batch 64, 5 epochs (median of {args.repeats}; "
         f"{STEPS_PER_ROUND} optimizer steps per round)\n"
@@ -182,6 +200,13 @@ def main() -> None:
         )
         if sb3_fps:
             result.setdefault("ratio", {})[name] = fps / sb3_fps
+    for name, ratios in pair_ratios.items():
+        if ratios:
+            print(
+                f"{name}: vs the SB3 runs beside it, median {statistics.median(ratios):.2f}x "
+                f"(per repeat: {', '.join(f'{r:.2f}' for r in ratios)})"
+            )
+    result["pair_ratios"] = pair_ratios
     for name, rows in runs.items():
         print(f"{name}: update path {rows[-1]['path']!r}")
     if not args.skip_solve:
@@ -194,6 +219,8 @@ def main() -> None:
         )
         result |= {"solve": solve, "sb3_solve": ref}
     print(json.dumps(result))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":
