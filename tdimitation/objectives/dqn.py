@@ -41,8 +41,8 @@ class QLearningLoss(LossModule):
 
     Reads ``observation``, ``action``, ``("next", "observation")``, ``("next", "reward")``
     and ``("next", "terminated")`` (rename with :meth:`set_keys`); writes ``loss`` and
-    ``q_value`` (mean ``Q(s, a)``, detached). :meth:`loss_from_tensors` computes the same
-    from tensors, which is what the training loop calls.
+    ``q_value`` (mean ``Q(s, a)``, detached). ``forward`` is what :class:`~tdimitation.rl.DQN`
+    calls on every minibatch; :meth:`loss_from_tensors` computes the same from tensors.
 
     Args:
         value_network: the online Q-network (a :class:`~tdimitation.policies.QValueActor`).

@@ -258,18 +258,14 @@ class DQN(OnlineAlgorithm):
         keys = self.loss.tensor_keys
         if reward_fn is not None:
             block.set(("next", keys.reward), reward_fn(block).reshape(-1, 1))
-        block = block.reshape(n_steps, bs)
-        obs = block.get(keys.observation)
-        action = block.get(keys.action)
-        next_obs = block.get(("next", keys.observation))
-        reward = block.get(("next", keys.reward))
-        terminated = block.get(("next", keys.terminated))
+        # Only the loss's inputs, as n_steps minibatches: indexing then touches five leaves.
+        minibatches = block.select(*self.loss.in_keys).reshape(n_steps, bs)
         params = list(self.actor.net.parameters())
         losses, q_values = [], []
         for k in range(n_steps):
-            loss, q_value = self.loss.loss_from_tensors(
-                obs[k], action[k], reward[k], next_obs[k], terminated[k]
-            )
+            # The module's forward is what trains: a subclass or set_keys governs it.
+            out = self.loss(minibatches[k])
+            loss, q_value = out["loss"], out["q_value"]
             opt.zero_grad(set_to_none=True)
             backward(loss)
             if hp.max_grad_norm is not None:

@@ -349,18 +349,11 @@ class SAC(OnlineAlgorithm):
             if reward_fn is not None:
                 # One relabelling call per block (the reward is fixed during a round).
                 data.set(("next", keys.reward), reward_fn(data).reshape(-1, 1))
-            leaves = [
-                data.get(key).reshape(k, self.batch_size, *data.get(key).shape[1:])
-                for key in (
-                    keys.observation,
-                    keys.action,
-                    ("next", keys.reward),
-                    ("next", keys.observation),
-                    ("next", keys.terminated),
-                )
-            ]
+            # Only the loss's inputs, as k minibatches: indexing then touches five leaves.
+            minibatches = data.select(*self.loss.in_keys).reshape(k, self.batch_size)
             for i in range(k):
-                out = self.loss.compute(*(leaf[i] for leaf in leaves))
+                # The module's forward is what trains: a subclass or set_keys governs it.
+                out = self.loss(minibatches[i])
                 total = out["loss_actor"] + out["loss_qvalue"] + out["loss_alpha"]
                 opt.zero_grad(set_to_none=True)
                 backward(total)
