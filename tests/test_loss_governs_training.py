@@ -16,9 +16,11 @@ from tdimitation.data import rollout
 from tdimitation.envs import make_env
 from tdimitation.objectives.adversarial import DiscriminatorLoss
 from tdimitation.objectives.bc import BCLoss
+from tdimitation.objectives.dqn import QLearningLoss
 from tdimitation.objectives.ppo import PPOClipLoss
+from tdimitation.objectives.sac import DiscreteSoftActorCriticLoss, SoftActorCriticLoss
 from tdimitation.policies import policy_from_string
-from tdimitation.rl import PPO
+from tdimitation.rl import DQN, PPO, SAC
 from tests.helpers import quiet_trainer
 
 
@@ -130,3 +132,98 @@ def test_a_discriminator_loss_subclass_trains_what_it_says(demos):
     start = [p.detach().clone() for p in model.reward_net.parameters()]
     quiet_trainer().fit(model)
     assert all(torch.equal(a, b) for a, b in zip(start, model.reward_net.parameters(), strict=True))
+
+
+def _zero_actor_loss(loss_class: type) -> type:
+    """A subclass of an SAC loss whose actor term is zero: the actor gets no gradient."""
+
+    class NoActorSAC(loss_class):
+        def forward(self, tensordict):
+            out = super().forward(tensordict)
+            out["loss_actor"] = out["loss_actor"] * 0.0
+            return out
+
+    return NoActorSAC
+
+
+def _sac(env_id: str) -> SAC:
+    return SAC(
+        env_id=env_id,
+        num_envs=2,
+        frames_per_batch=32,
+        total_frames=128,
+        learning_starts=64,
+        batch_size=32,
+        hidden_sizes=(16, 16),
+        seed=0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env_id", "loss_class"),
+    [("Pendulum-v1", SoftActorCriticLoss), ("CartPole-v1", DiscreteSoftActorCriticLoss)],
+)
+def test_a_sac_loss_subclass_trains_what_it_says(env_id, loss_class):
+    reference = _sac(env_id)
+    start = _actor_params(reference)
+    quiet_trainer().fit(reference)
+    assert not torch.equal(_actor_params(reference), start)
+
+    model = _sac(env_id)
+    critics_start = torch.cat([p.detach().flatten() for p in model.qvalue.parameters()])
+    # Swapped in after construction: the update must call this module's forward.
+    model.loss = _zero_actor_loss(loss_class)(model.actor, model.qvalue)
+    quiet_trainer().fit(model)
+    assert torch.equal(_actor_params(model), start)
+    # The critics still train: the rest of the loss is untouched.
+    critics = torch.cat([p.detach().flatten() for p in model.qvalue.parameters()])
+    assert not torch.equal(critics, critics_start)
+
+
+class NoQLearning(QLearningLoss):
+    """Q-learning whose loss is zero: the Q-network does not move."""
+
+    def forward(self, tensordict):
+        out = super().forward(tensordict)
+        out["loss"] = out["loss"] * 0.0
+        return out
+
+
+def _dqn() -> DQN:
+    return DQN(
+        env_id="CartPole-v1",
+        num_envs=2,
+        frames_per_batch=64,
+        total_frames=256,
+        learning_starts=64,
+        batch_size=32,
+        gradient_steps=8,
+        hidden_sizes=(16, 16),
+        seed=0,
+    )
+
+
+def test_a_dqn_loss_subclass_trains_what_it_says():
+    reference = _dqn()
+    start = _actor_params(reference)
+    quiet_trainer().fit(reference)
+    assert reference.num_updates > 0
+    assert not torch.equal(_actor_params(reference), start)
+
+    model = _dqn()
+    model.loss = NoQLearning(model.actor)  # after construction: training must use it
+    quiet_trainer().fit(model)
+    assert model.num_updates == reference.num_updates
+    assert torch.equal(_actor_params(model), start)
+
+
+def test_sac_and_dqn_set_keys_govern_training():
+    # The collected rounds hold "observation": a renamed key is what training reads.
+    sac = _sac("Pendulum-v1")
+    sac.loss.set_keys(observation="obs")
+    with pytest.raises(KeyError, match="obs"):
+        quiet_trainer().fit(sac)
+    dqn = _dqn()
+    dqn.loss.set_keys(terminated="ended")
+    with pytest.raises(KeyError, match="ended"):
+        quiet_trainer().fit(dqn)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
 import random
 import shutil
 import tempfile
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,14 @@ from torchrl.data import LazyMemmapStorage, LazyTensorStorage, ReplayBuffer
 from torchrl.data.replay_buffers.writers import RoundRobinWriter
 
 from tdimitation.algorithms.bc import BC, _IndexBlocks
+from tdimitation.algorithms.beta_schedules import (
+    BetaSchedule,
+    checked_beta,
+    exponential_beta,
+    import_path,
+    import_schedule,
+    linear_beta,
+)
 from tdimitation.data.rollout import rollout
 from tdimitation.data.trajectory import ACTION, EPISODE, OBS, episode_runs, rollout_stats
 from tdimitation.policies.actors import is_deterministic
@@ -36,8 +43,6 @@ from tdimitation.rl.base import (
 from tdimitation.rng import stochastic_modules
 from tdimitation.utils import attached_trainer
 
-#: What a β schedule is: round index -> probability of executing the expert's action.
-BetaSchedule = Callable[[int], float]
 #: The ``("next", ...)`` entries a DAgger trajectory keeps from the collector's output.
 _NEXT_KEYS = ("observation", "reward", "terminated", "truncated", "done")
 
@@ -57,73 +62,6 @@ def _row_bytes(env: Any) -> int:
 
     obs, act = nbytes(env.observation_spec["observation"]), nbytes(env.action_spec)
     return 2 * obs + 3 * act + 4 + 3 + 8
-
-
-def linear_beta(round_index: int, rampdown_rounds: int) -> float:
-    """β over ``rampdown_rounds`` rounds: 1, (R-1)/R, ..., 1/R, then 0."""
-    if rampdown_rounds <= 0:
-        raise ValueError(f"rampdown_rounds must be positive, got {rampdown_rounds}")
-    return max(0.0, 1.0 - round_index / rampdown_rounds)
-
-
-def exponential_beta(round_index: int, decay: float) -> float:
-    """β = decay ** round, for decay in (0, 1]."""
-    if not 0.0 < decay <= 1.0:
-        raise ValueError(f"the exponential β decay must be in (0, 1], got {decay}")
-    return decay**round_index
-
-
-def _import_schedule(path: str) -> BetaSchedule:
-    """The callable named by ``"module:function"`` (or ``"module.function"``)."""
-    module_name, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
-    if not module_name or not attr:
-        raise ValueError(
-            f"beta_schedule must be 'linear', 'exponential', an import path "
-            f"'module:function' or a callable round -> β, got {path!r}"
-        )
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(
-            f"beta_schedule {path!r} cannot be imported ({exc}); name a module-level "
-            "callable as 'module:function'"
-        ) from None
-    if not callable(obj):
-        raise ValueError(f"beta_schedule {path!r} names a {type(obj).__name__}, not a callable")
-    return obj
-
-
-def _import_path(fn: Any) -> str | None:
-    """``"module:qualname"`` if importing it gives back ``fn`` itself, else None.
-
-    Lambdas, closures, partials, callable instances and functions of ``__main__`` have no
-    path another process could import.
-    """
-    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
-    if not module or not qualname or module == "__main__" or "<" in qualname:
-        return None
-    path = f"{module}:{qualname}"
-    try:
-        return path if _import_schedule(path) is fn else None
-    except ValueError:
-        return None
-
-
-def _checked_beta(value: Any, round_index: int) -> float:
-    try:
-        beta = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"the β schedule returned {value!r} for round {round_index}; return a number in [0, 1]"
-        ) from None
-    if not 0.0 <= beta <= 1.0:  # also refuses NaN
-        raise ValueError(
-            f"the β schedule returned β={beta} for round {round_index}; β is the probability "
-            "of executing the expert's action: return a value in [0, 1]"
-        )
-    return beta
 
 
 class _GlobalRNGStates:
@@ -317,8 +255,8 @@ class DAgger(BC):
         # Recorded as a primitive (the import path, or None): hyperparameters must load
         # with weights_only=True, and save_hyperparameters reads this local.
         if callable(beta_schedule):
-            beta_schedule = _import_path(beta_schedule)
-        _checked_beta(schedule(0), 0)
+            beta_schedule = import_path(beta_schedule)
+        checked_beta(schedule(0), 0)
         if n_rounds <= 0:
             raise ValueError(f"n_rounds must be positive, got {n_rounds}")
         if buffer_capacity <= 0:
@@ -412,7 +350,7 @@ class DAgger(BC):
         if callable(spec):
             return spec
         if isinstance(spec, str):
-            return _import_schedule(spec)
+            return import_schedule(spec)
         if spec is None:
             raise ValueError(
                 "beta_schedule is None: a checkpoint of a run whose β callable has no import "
@@ -427,7 +365,7 @@ class DAgger(BC):
     def beta(self, round_index: int | None = None) -> float:
         """β of a round (default: the current one); ``ValueError`` if outside [0, 1]."""
         r = self.round if round_index is None else round_index
-        return _checked_beta(self._schedule(r), r)
+        return checked_beta(self._schedule(r), r)
 
     @property
     def episodes_collected(self) -> int:

@@ -13,178 +13,29 @@ The defaults are the rl-baselines3-zoo CartPole-v1 hyperparameters (train_freq 2
 target update every 10 env steps amounts to one sync per round, which is what
 ``target_update_interval=128`` does here).
 
-:class:`QLearningLoss` is the loss as a torchrl ``LossModule`` (declared keys,
-``set_keys``) computed on plain tensors: torchrl's ``DQNLoss`` gives the same value (tested)
-but spends several hundred microseconds per call on TensorDict and functional-parameter
-bookkeeping, more than the arithmetic of a minibatch of 64 on CPU.
+The loss is :class:`~tdimitation.objectives.QLearningLoss` (in
+:mod:`tdimitation.objectives.dqn`), re-exported here for the older import path.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from tensordict import TensorDict, TensorDictBase
-from tensordict.utils import NestedKey
+from tensordict import TensorDictBase
 from torchrl.data import Categorical as CategoricalSpec
 from torchrl.data import MultiCategorical, ReplayBuffer
-from torchrl.objectives import LossModule
 
 from tdimitation.envs import as_env_id
 from tdimitation.errors import SpaceMismatchError
-from tdimitation.nn import mlp_forward
+from tdimitation.objectives.dqn import QLearningLoss
 from tdimitation.policies.actors import QValueActor, build_actor
 from tdimitation.rl.base import OnlineAlgorithm, plain_backward
 from tdimitation.utils import check_positive, seeded
 
-_LOSS_FUNCTIONS = ("smooth_l1", "l2")
-
-
-class QLearningLoss(LossModule):
-    """One-step Q-learning loss with a target network (optionally double DQN).
-
-    For a transition ``(s, a, r, s')``: ``y = r + gamma * (1 - terminated) * Q_target(s', a*)``
-    with ``a* = argmax_a Q_target(s', a)``, or ``argmax_a Q(s', a)`` with ``double_dqn``;
-    the loss is the Huber (``"smooth_l1"``) or squared (``"l2"``) distance between
-    ``Q(s, a)`` and ``y``, averaged over the batch. Truncated episodes keep bootstrapping:
-    only ``("next", "terminated")`` stops it.
-
-    The target network is a frozen copy of the value network's MLP
-    (``value_network.net``); it reads the *online* network's observation normaliser, so
-    both networks always see identically normalised inputs. :meth:`update_target` copies
-    (``tau=1``) or Polyak-averages (``tau<1``) the online weights into it.
-
-    Reads ``observation``, ``action``, ``("next", "observation")``, ``("next", "reward")``
-    and ``("next", "terminated")`` (rename with :meth:`set_keys`); writes ``loss`` and
-    ``q_value`` (mean ``Q(s, a)``, detached). :meth:`loss_from_tensors` computes the same
-    from tensors, which is what the training loop calls.
-
-    Args:
-        value_network: the online Q-network (a :class:`~tdimitation.policies.QValueActor`).
-        gamma: discount factor.
-        double_dqn: choose the bootstrap action with the online network (van Hasselt et
-            al., 2016) instead of the target network.
-        loss_function: ``"smooth_l1"`` (Huber with delta 1, as Stable-Baselines3) or ``"l2"``.
-    """
-
-    @dataclass
-    class _AcceptedKeys:
-        """Configurable TensorDict keys (``reward`` and ``terminated`` live under ``next``).
-
-        Attributes:
-            observation: observation key (also read under ``"next"``).
-            action: key of the int64 action index.
-            reward: reward key inside ``"next"``.
-            terminated: termination flag inside ``"next"``.
-        """
-
-        observation: NestedKey = "observation"
-        action: NestedKey = "action"
-        reward: NestedKey = "reward"
-        terminated: NestedKey = "terminated"
-
-    default_keys = _AcceptedKeys
-    tensor_keys: _AcceptedKeys
-    out_keys = ["loss", "q_value"]
-
-    def __init__(
-        self,
-        value_network: QValueActor,
-        *,
-        gamma: float = 0.99,
-        double_dqn: bool = False,
-        loss_function: str = "smooth_l1",
-    ) -> None:
-        super().__init__()
-        if loss_function not in _LOSS_FUNCTIONS:
-            raise ValueError(
-                f"loss_function must be one of {_LOSS_FUNCTIONS}, got {loss_function!r}"
-            )
-        self.value_network = value_network
-        self.target_net = copy.deepcopy(value_network.net).requires_grad_(False)
-        self.gamma = float(gamma)
-        self.double_dqn = bool(double_dqn)
-        self.loss_function = loss_function
-
-    @property
-    def in_keys(self) -> list[NestedKey]:
-        keys = self.tensor_keys
-        return [
-            keys.observation,
-            keys.action,
-            ("next", keys.observation),
-            ("next", keys.reward),
-            ("next", keys.terminated),
-        ]
-
-    def _forward_value_estimator_keys(self, **kwargs) -> None:
-        # No value estimator: keys are read from tensor_keys at every call.
-        pass
-
-    def target_q_values(self, next_observation: torch.Tensor) -> torch.Tensor:
-        """Target-network Q-values of ``next_observation`` (online normaliser statistics)."""
-        return mlp_forward(self.target_net, self.value_network.features(next_observation))
-
-    @torch.no_grad()
-    def td_target(
-        self, reward: torch.Tensor, next_observation: torch.Tensor, terminated: torch.Tensor
-    ) -> torch.Tensor:
-        """The target ``r + gamma * (1 - terminated) * V_target(s')``, shape ``[B]``."""
-        next_q = self.target_q_values(next_observation)
-        if self.double_dqn:
-            next_action = self.value_network.q_values(next_observation).argmax(-1, keepdim=True)
-            next_value = next_q.gather(-1, next_action).squeeze(-1)
-        else:
-            next_value = next_q.max(-1).values
-        not_terminated = (~terminated.reshape(next_value.shape)).to(next_value.dtype)
-        return reward.reshape(next_value.shape) + self.gamma * not_terminated * next_value
-
-    def loss_from_tensors(
-        self,
-        observation: torch.Tensor,
-        action: torch.Tensor,
-        reward: torch.Tensor,
-        next_observation: torch.Tensor,
-        terminated: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss and the detached mean ``Q(s, a)`` of one batch of tensors.
-
-        Shapes: ``observation``/``next_observation`` ``[B, D]``, ``action`` ``[B]`` (int),
-        ``reward``/``terminated`` ``[B]`` or ``[B, 1]``.
-        """
-        q = self.value_network.q_values(observation)
-        q_taken = q.gather(-1, action.long().reshape(-1, 1)).squeeze(-1)
-        target = self.td_target(reward, next_observation, terminated)
-        if self.loss_function == "smooth_l1":
-            loss = F.smooth_l1_loss(q_taken, target)
-        else:
-            loss = F.mse_loss(q_taken, target)
-        return loss, q_taken.detach().mean()
-
-    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        keys = self.tensor_keys
-        loss, q_value = self.loss_from_tensors(
-            tensordict.get(keys.observation),
-            tensordict.get(keys.action),
-            tensordict.get(("next", keys.reward)),
-            tensordict.get(("next", keys.observation)),
-            tensordict.get(("next", keys.terminated)),
-        )
-        return TensorDict({"loss": loss, "q_value": q_value}, batch_size=[])
-
-    @torch.no_grad()
-    def update_target(self, tau: float = 1.0) -> None:
-        """Copy (``tau >= 1``) or Polyak-average (``target += tau * (online - target)``)."""
-        online = self.value_network.net.parameters()
-        for target_p, online_p in zip(self.target_net.parameters(), online, strict=True):
-            if tau >= 1.0:
-                target_p.copy_(online_p)
-            else:
-                target_p.lerp_(online_p, tau)
+__all__ = ["DQN", "QLearningLoss"]
 
 
 class DQN(OnlineAlgorithm):
@@ -407,18 +258,14 @@ class DQN(OnlineAlgorithm):
         keys = self.loss.tensor_keys
         if reward_fn is not None:
             block.set(("next", keys.reward), reward_fn(block).reshape(-1, 1))
-        block = block.reshape(n_steps, bs)
-        obs = block.get(keys.observation)
-        action = block.get(keys.action)
-        next_obs = block.get(("next", keys.observation))
-        reward = block.get(("next", keys.reward))
-        terminated = block.get(("next", keys.terminated))
+        # Only the loss's inputs, as n_steps minibatches: indexing then touches five leaves.
+        minibatches = block.select(*self.loss.in_keys).reshape(n_steps, bs)
         params = list(self.actor.net.parameters())
         losses, q_values = [], []
         for k in range(n_steps):
-            loss, q_value = self.loss.loss_from_tensors(
-                obs[k], action[k], reward[k], next_obs[k], terminated[k]
-            )
+            # The module's forward is what trains: a subclass or set_keys governs it.
+            out = self.loss(minibatches[k])
+            loss, q_value = out["loss"], out["q_value"]
             opt.zero_grad(set_to_none=True)
             backward(loss)
             if hp.max_grad_norm is not None:

@@ -11,7 +11,8 @@ from tdimitation.objectives.ppo import PPOClipLoss, PPOGradients
 from tdimitation.policies import CategoricalActor
 from tdimitation.policies.actors import GaussianActor
 from tdimitation.policies.critics import ValueCritic
-from tdimitation.rl.ppo import PPO, _lightning_blocker
+from tdimitation.rl.ppo import PPO
+from tdimitation.rl.ppo_fused import lightning_blocker
 from tests.helpers import quiet_trainer as trainer
 
 
@@ -207,9 +208,9 @@ def test_other_precisions_block_the_fast_path(precision):
     model = PPO(env_id="CartPole-v1", num_envs=2, n_steps=32, total_frames=64, batch_size=32)
     optimizer = model.configure_optimizers()
     model.trainer = trainer(precision="32-true")
-    assert _lightning_blocker(optimizer, model.manual_backward) is None
+    assert lightning_blocker(optimizer, model.manual_backward) is None
     model.trainer = trainer(precision=precision)
-    assert _lightning_blocker(optimizer, model.manual_backward) == f"precision {precision}"
+    assert lightning_blocker(optimizer, model.manual_backward) == f"precision {precision}"
 
 
 def test_unsupported_networks_take_the_autograd_path():
