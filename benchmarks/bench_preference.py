@@ -1,0 +1,286 @@
+"""Preference comparisons: speed against imitation 1.0.1, and recipe quality over seeds.
+
+Speed mode (default): imitation's preference-comparisons tutorial on Pendulum-v1 (50,000
+agent steps, 200 comparisons, 5 iterations, fragment length 100), run side by side with
+ours in one interleaved run (imitation, ours, imitation, ours, ... for ``--repeats``)::
+
+    PYTHONPATH=$PWD python benchmarks/bench_preference.py [--repeats 2] [--json out.json]
+
+imitation runs in the reference venv (``benchmarks/reference/imitation_preference.py``,
+whose docstring gives its settings). Ours is ``PreferenceComparisons`` with the same
+settings as far as the algorithm allows (``OURS`` below): a PPO agent with 8 envs x 256
+steps, batch 64, 10 epochs, lr 2e-3, clip 0.1, gamma 0.97, gae 0.95, ent 0.01, a [32, 32]
+tanh policy on running-normalised observations; a [32, 32] ReLU state-action reward net on
+running-normalised input; 3 reward epochs of batch 32 at lr 1e-3 (x4 in the first
+training); hyperbolic schedule, initial fraction 0.1, exploration fraction 0.05, sampled
+labels at temperature 1, no reward-output normalisation (imitation's tutorial feeds the
+raw reward net to the agent).
+
+Differences that remain: imitation's ``learn(10,000)`` per iteration runs whole PPO
+rollouts (ceil(10,000 / 2,048) = 5), so its agent takes 51,200 steps (printed as
+``agent_steps``); ours needs a multiple of its 2,048-frame round, also 51,200. Times are
+wall seconds of the training call (``trainer.train`` there, ``Trainer.fit`` here, which
+includes Lightning's setup), one torch thread on both sides, evaluation excluded.
+
+Split: ``agent_s`` (collection + PPO updates + relabelling with the learned reward),
+``reward_s`` (reward-model training), ``fragments_s`` (trajectories for fragments,
+fragmenting, gathering labels). Ours: ``reward_s`` and ``fragments_s`` from timers wrapped
+around the module's reward trainer and ``_sample_trajectories`` / ``preference_query``;
+``agent_s`` is the rest of the fit. ``accuracy`` is the reward trainer's mean training
+accuracy in its last epoch on both sides (against the sampled labels);
+``true_return`` the mean of 10 deterministic episodes on a separate env.
+
+Quality mode: the shipped recipes over seeds, each a whole ``tdimitation fit`` process,
+through ``benchmarks/run_recipes.py`` (results as JSON lines)::
+
+    python benchmarks/run_recipes.py --recipes preference/pendulum preference/cartpole_fixed \
+        --seeds 0 1 2 --results benchmarks/results/preference.jsonl
+
+``--summary`` prints the section of RESULTS.md from the JSON files (speed JSON and the
+recipes' JSON lines)::
+
+    python benchmarks/bench_preference.py --summary --json benchmarks/results/preference_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE_RESULTS = ROOT / "benchmarks" / "results" / "preference.jsonl"
+
+STEPS, COMPARISONS, ITERATIONS, FRAGMENT_LENGTH = 50_000, 200, 5, 100
+ROUND = 8 * 256
+
+OURS = dict(
+    agent="ppo",
+    agent_kwargs=dict(
+        n_steps=256,
+        batch_size=64,
+        n_epochs=10,
+        learning_rate=2e-3,
+        clip_epsilon=0.1,
+        gamma=0.97,
+        gae_lambda=0.95,
+        ent_coef=0.01,
+        hidden_sizes=[32, 32],
+        activation="tanh",
+        normalize_observations=True,
+    ),
+    num_envs=8,
+    num_iterations=ITERATIONS,
+    fragment_length=FRAGMENT_LENGTH,
+    transition_oversampling=1.0,
+    initial_comparison_frac=0.1,
+    query_schedule="hyperbolic",
+    reward_kwargs=dict(hidden_sizes=[32, 32]),
+    reward_lr=1e-3,
+    reward_batch_size=32,
+    reward_epochs=3,
+    initial_epoch_multiplier=4,
+    exploration_frac=0.05,
+    temperature=1.0,
+    sample_labels=True,
+    normalize_reward=False,
+)
+
+
+class Timers:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def wrap(self, obj, name: str, key: str) -> None:
+        inner = getattr(obj, name)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
+
+        setattr(obj, name, timed)
+
+
+def run_ours(seed: int, eval_episodes: int) -> dict:
+    import lightning as L
+
+    from tdimitation.algorithms import PreferenceComparisons
+    from tdimitation.evaluation import evaluate_module
+
+    total_frames = -(-STEPS // ROUND) * ROUND
+    module = PreferenceComparisons(
+        "Pendulum-v1",
+        total_frames=total_frames,
+        total_comparisons=COMPARISONS,
+        seed=seed,
+        **OURS,
+    )
+    timers = Timers()
+    timers.wrap(module, "_sample_trajectories", "sample_s")
+    timers.wrap(module, "preference_query", "query_s")
+    timers.wrap(module.reward_trainer, "train", "reward_s")
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    loadavg = os.getloadavg()[0]
+    start = time.perf_counter()
+    cpu_start = time.process_time()
+    trainer.fit(module)
+    wall_s = time.perf_counter() - start
+    cpu_s = time.process_time() - cpu_start
+    t = timers.seconds
+    reward_s = t.get("reward_s", 0.0)
+    fragments_s = t.get("sample_s", 0.0) + t.get("query_s", 0.0) - reward_s
+    stats = evaluate_module(module, eval_episodes)
+    return {
+        "library": "tdimitation",
+        "seed": seed,
+        "wall_s": wall_s,
+        "cpu_s": cpu_s,
+        "agent_s": wall_s - reward_s - fragments_s,
+        "reward_s": reward_s,
+        "fragments_s": fragments_s,
+        "accuracy": float(module.last_query_metrics["reward/accuracy"]),
+        "reward_loss": float(module.last_query_metrics["reward/loss"]),
+        "true_return": float(stats["return_mean"]),
+        "agent_steps": int(module.frames),
+        "comparisons": len(module.dataset),
+        "loadavg_1min_at_start": loadavg,
+    }
+
+
+def run_imitation(seed: int, eval_episodes: int) -> dict | None:
+    from _reference import run_reference
+
+    return run_reference(
+        "imitation_preference.py",
+        "--seed", seed, "--steps", STEPS, "--comparisons", COMPARISONS,
+        "--iterations", ITERATIONS, "--fragment-length", FRAGMENT_LENGTH,
+        "--eval-episodes", eval_episodes,
+    )  # fmt: skip
+
+
+def speed(args: argparse.Namespace) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("torchrl").setLevel(logging.WARNING)
+    results = []
+    for repeat in range(args.repeats):
+        seed = args.seed + repeat
+        for side in ("imitation", "tdimitation") if repeat % 2 == 0 else ("tdimitation", "imitation"):
+            result = run_imitation(seed, args.eval_episodes) if side == "imitation" else run_ours(
+                seed, args.eval_episodes
+            )
+            if result is None:
+                print("no imitation result (venv missing or script failed)")
+                continue
+            result["repeat"] = repeat
+            print(json.dumps(result), flush=True)
+            results.append(result)
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=1))
+    return results
+
+
+def _median(rows: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
+def summary(speed_rows: list[dict], recipe_rows: list[dict]) -> str:
+    lines = []
+    if speed_rows:
+        loads = [r["loadavg_1min_at_start"] for r in speed_rows]
+        lines += [
+            f"Speed: imitation's tutorial settings on Pendulum-v1 ({STEPS:,} agent steps, "
+            f"{COMPARISONS} comparisons, {ITERATIONS} iterations, fragment length "
+            f"{FRAGMENT_LENGTH}), interleaved runs, 1-min load average "
+            f"{min(loads):.1f}-{max(loads):.1f} at the starts. Medians over "
+            f"{len({r['repeat'] for r in speed_rows})} repeat(s) (seconds):",
+            "",
+            "| library | wall | agent | reward model | fragments | CPU | accuracy | true return"
+            " | agent steps |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for lib in ("imitation", "tdimitation"):
+            rows = [r for r in speed_rows if r["library"] == lib]
+            if not rows:
+                continue
+            lines.append(
+                f"| {lib} | {_median(rows, 'wall_s'):.1f} | {_median(rows, 'agent_s'):.1f} | "
+                f"{_median(rows, 'reward_s'):.1f} | {_median(rows, 'fragments_s'):.1f} | "
+                f"{_median(rows, 'cpu_s'):.1f} | {_median(rows, 'accuracy'):.3f} | "
+                f"{_median(rows, 'true_return'):.0f} | {rows[0]['agent_steps']:,} |"
+            )
+        ours = [r for r in speed_rows if r["library"] == "tdimitation"]
+        ref = [r for r in speed_rows if r["library"] == "imitation"]
+        if ours and ref:
+            lines += [
+                "",
+                f"Wall-time ratio ours / imitation: "
+                f"{_median(ours, 'wall_s') / _median(ref, 'wall_s'):.2f} "
+                f"(per repeat: "
+                + ", ".join(
+                    f"{o['wall_s'] / i['wall_s']:.2f}"
+                    for o, i in zip(
+                        sorted(ours, key=lambda r: r["repeat"]),
+                        sorted(ref, key=lambda r: r["repeat"]),
+                    )
+                )
+                + ").",
+            ]
+    if recipe_rows:
+        lines += ["", "Recipes (whole `tdimitation fit` processes, final deterministic evaluation):", ""]
+        lines += ["| recipe | seed | true return | reward accuracy | frames | wall s |"]
+        lines += ["| --- | --- | --- | --- | --- | --- |"]
+        for r in recipe_rows:
+            m = r.get("metrics", {})
+            ret = r.get("return", m.get("eval/return_mean"))
+            acc = m.get("train/reward/accuracy")
+            lines.append(
+                f"| {r.get('recipe')} | {r.get('seed')} | "
+                f"{'-' if ret is None else f'{ret:.1f}'} | "
+                f"{'-' if acc is None else f'{acc:.3f}'} | "
+                f"{r.get('frames', m.get('frames', '-'))} | "
+                f"{r.get('seconds', r.get('wall_s', '-'))} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--json", type=Path, help="speed results (written / read by --summary)")
+    parser.add_argument("--summary", action="store_true", help="print the RESULTS.md section")
+    parser.add_argument("--recipe-results", type=Path, default=RECIPE_RESULTS)
+    args = parser.parse_args()
+    if args.summary:
+        speed_rows = json.loads(args.json.read_text()) if args.json and args.json.exists() else []
+        recipe_rows = (
+            [json.loads(x) for x in args.recipe_results.read_text().splitlines() if x.strip()]
+            if args.recipe_results.exists()
+            else []
+        )
+        print(summary(speed_rows, recipe_rows))
+        return
+    speed(args)
+
+
+if __name__ == "__main__":
+    main()
