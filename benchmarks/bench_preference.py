@@ -16,9 +16,9 @@ training); hyperbolic schedule, initial fraction 0.1, exploration fraction 0.05,
 labels at temperature 1, no reward-output normalisation (imitation's tutorial feeds the
 raw reward net to the agent).
 
-Differences that remain: imitation's ``learn(10,000)`` per iteration runs whole PPO
-rollouts (ceil(10,000 / 2,048) = 5), so its agent takes 51,200 steps (printed as
-``agent_steps``); ours needs a multiple of its 2,048-frame round, also 51,200. Times are
+Agent steps: imitation's agent runs whole PPO rollouts and ends up taking 61,440 steps
+for the 50,000 budget (``agent_steps``, SB3's ``num_timesteps``, measured); ours is given
+the same 61,440 frames (30 rounds of 2,048), so both sides do the same agent work. Times are
 wall seconds of the training call (``trainer.train`` there, ``Trainer.fit`` here, which
 includes Lightning's setup), one torch thread on both sides, evaluation excluded.
 
@@ -57,7 +57,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE_RESULTS = ROOT / "benchmarks" / "results" / "preference.jsonl"
 
 STEPS, COMPARISONS, ITERATIONS, FRAGMENT_LENGTH = 50_000, 200, 5, 100
-ROUND = 8 * 256
+# imitation's agent takes 61,440 steps for the 50,000-step budget (SB3's num_timesteps after
+# train(); 6 PPO rollouts of 2,048 per iteration): ours gets the same number of agent frames,
+# 30 rounds of 8 x 256 (--ours-frames to change).
+OUR_FRAMES = 61_440
 
 OURS = dict(
     agent="ppo",
@@ -109,13 +112,12 @@ class Timers:
         setattr(obj, name, timed)
 
 
-def run_ours(seed: int, eval_episodes: int) -> dict:
+def run_ours(seed: int, eval_episodes: int, total_frames: int = OUR_FRAMES) -> dict:
     import lightning as L
 
     from tdimitation.algorithms import PreferenceComparisons
     from tdimitation.evaluation import evaluate_module
 
-    total_frames = -(-STEPS // ROUND) * ROUND
     module = PreferenceComparisons(
         "Pendulum-v1",
         total_frames=total_frames,
@@ -184,7 +186,7 @@ def speed(args: argparse.Namespace) -> list[dict]:
         seed = args.seed + repeat
         for side in ("imitation", "tdimitation") if repeat % 2 == 0 else ("tdimitation", "imitation"):
             result = run_imitation(seed, args.eval_episodes) if side == "imitation" else run_ours(
-                seed, args.eval_episodes
+                seed, args.eval_episodes, args.ours_frames
             )
             if result is None:
                 print("no imitation result (venv missing or script failed)")
@@ -266,6 +268,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--ours-frames", type=int, default=OUR_FRAMES)
     parser.add_argument("--json", type=Path, help="speed results (written / read by --summary)")
     parser.add_argument("--summary", action="store_true", help="print the RESULTS.md section")
     parser.add_argument("--recipe-results", type=Path, default=RECIPE_RESULTS)

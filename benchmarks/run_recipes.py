@@ -121,6 +121,8 @@ def run_one(recipe: str, seed: int, repeat: int, data_dir: Path, extra: list[str
         "fit_seconds": metrics["time/fit_seconds"],
         "process_seconds": wall,
         "policy_sha256": policy_digest(checkpoint),
+        # Algorithms that log them (preference comparisons): the last reward-model accuracy.
+        **({"reward_accuracy": metrics["reward/accuracy"]} if "reward/accuracy" in metrics else {}),
         "extra_args": extra,
         "date": time.strftime("%Y-%m-%d"),
     }
