@@ -181,9 +181,10 @@ def speed(args: argparse.Namespace) -> list[dict]:
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("torchrl").setLevel(logging.WARNING)
-    results = []
-    for repeat in range(args.repeats):
-        seed = args.seed + repeat
+    # An existing --json file is extended (more repeats later, from --seed on).
+    results = json.loads(args.json.read_text()) if args.json and args.json.exists() else []
+    for repeat in range(args.seed, args.seed + args.repeats):
+        seed = repeat
         for side in ("imitation", "tdimitation") if repeat % 2 == 0 else ("tdimitation", "imitation"):
             result = run_imitation(seed, args.eval_episodes) if side == "imitation" else run_ours(
                 seed, args.eval_episodes, args.ours_frames
@@ -192,6 +193,7 @@ def speed(args: argparse.Namespace) -> list[dict]:
                 print("no imitation result (venv missing or script failed)")
                 continue
             result["repeat"] = repeat
+            result["date"] = time.strftime("%Y-%m-%d")
             print(json.dumps(result), flush=True)
             results.append(result)
             if args.json:
@@ -207,7 +209,12 @@ def summary(speed_rows: list[dict], recipe_rows: list[dict]) -> str:
     lines = []
     if speed_rows:
         loads = [r["loadavg_1min_at_start"] for r in speed_rows]
+        dates = sorted({r["date"] for r in speed_rows + recipe_rows if "date" in r})
         lines += [
+            f"Measured {', '.join(dates)} on a {os.cpu_count()}-core VM shared with another"
+            " worker's jobs (and, during the speed runs, with the recipe runs below); one torch"
+            " thread per process.",
+            "",
             f"Speed: imitation's tutorial settings on Pendulum-v1 ({STEPS:,} agent steps, "
             f"{COMPARISONS} comparisons, {ITERATIONS} iterations, fragment length "
             f"{FRAGMENT_LENGTH}), interleaved runs, 1-min load average "
@@ -246,21 +253,37 @@ def summary(speed_rows: list[dict], recipe_rows: list[dict]) -> str:
                 + ").",
             ]
     if recipe_rows:
-        lines += ["", "Recipes (whole `tdimitation fit` processes, final deterministic evaluation):", ""]
-        lines += ["| recipe | seed | true return | reward accuracy | frames | wall s |"]
-        lines += ["| --- | --- | --- | --- | --- | --- |"]
-        for r in recipe_rows:
-            m = r.get("metrics", {})
-            ret = r.get("return", m.get("eval/return_mean"))
-            acc = m.get("train/reward/accuracy")
+        lines += [
+            "",
+            "Recipes: whole `tdimitation fit` processes (`benchmarks/run_recipes.py`), the final"
+            " deterministic evaluation of the agent on the true reward, and the reward model's"
+            " training accuracy at its last query:",
+            "",
+            "| recipe | seed | true return (mean ± std) | reward accuracy | frames | fit s | date |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in sorted(recipe_rows, key=lambda r: (r["recipe"], r["seed"], r["repeat"])):
+            acc = r.get("reward_accuracy")
             lines.append(
-                f"| {r.get('recipe')} | {r.get('seed')} | "
-                f"{'-' if ret is None else f'{ret:.1f}'} | "
-                f"{'-' if acc is None else f'{acc:.3f}'} | "
-                f"{r.get('frames', m.get('frames', '-'))} | "
-                f"{r.get('seconds', r.get('wall_s', '-'))} |"
+                f"| {r['recipe']} | {r['seed']} | {r['return_mean']:.1f} ± {r['return_std']:.1f} | "
+                f"{'-' if acc is None else f'{acc:.3f}'} | {int(r['frames']):,} | "
+                f"{r['fit_seconds']:.0f} | {r['date']} |"
             )
     return "\n".join(lines)
+
+
+def recipe_accuracy(row: dict, data_dirs: list[Path]) -> float | None:
+    """The last ``reward/accuracy`` a recipe run logged to its MLflow store, if found."""
+    from run_recipes import final_metrics
+
+    name = row["recipe"].replace("/", "-")
+    for data_dir in data_dirs:
+        try:
+            metrics = final_metrics(data_dir, f"recipes-{name}", f"{name}-seed{row['seed']}-r{row['repeat']}")
+        except Exception:  # noqa: BLE001 - not in this store
+            continue
+        return metrics.get("reward/accuracy")
+    return None
 
 
 def main() -> None:
@@ -271,7 +294,12 @@ def main() -> None:
     parser.add_argument("--ours-frames", type=int, default=OUR_FRAMES)
     parser.add_argument("--json", type=Path, help="speed results (written / read by --summary)")
     parser.add_argument("--summary", action="store_true", help="print the RESULTS.md section")
+    parser.add_argument("--write", action="store_true", help="with --summary: into RESULTS.md")
     parser.add_argument("--recipe-results", type=Path, default=RECIPE_RESULTS)
+    parser.add_argument(
+        "--data-dir", type=Path, nargs="*", default=[],
+        help="MLflow stores of the recipe runs (accuracy of rows recorded without it)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.summary:
         speed_rows = json.loads(args.json.read_text()) if args.json and args.json.exists() else []
@@ -280,7 +308,18 @@ def main() -> None:
             if args.recipe_results.exists()
             else []
         )
-        print(summary(speed_rows, recipe_rows))
+        for row in recipe_rows:  # runs recorded before run_recipes kept the accuracy
+            if "reward_accuracy" not in row and args.data_dir:
+                row["reward_accuracy"] = recipe_accuracy(row, args.data_dir)
+        text = summary(speed_rows, recipe_rows)
+        print(text)
+        if args.write:
+            results_md = ROOT / "benchmarks" / "RESULTS.md"
+            begin, end = "<!-- preference:begin -->", "<!-- preference:end -->"
+            content = results_md.read_text()
+            head, rest = content.split(begin, 1)
+            _, tail = rest.split(end, 1)
+            results_md.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
         return
     speed(args)
 
