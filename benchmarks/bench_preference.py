@@ -250,7 +250,19 @@ def summary(speed_rows: list[dict], recipe_rows: list[dict]) -> str:
                         sorted(ref, key=lambda r: r["repeat"]),
                     )
                 )
-                + ").",
+                + f"); CPU-time ratio "
+                f"{_median(ours, 'cpu_s') / _median(ref, 'cpu_s'):.2f}.",
+                "",
+                "Per run (seed: accuracy, true return; imitation | ours): "
+                + "; ".join(
+                    f"{i['repeat']}: {i['accuracy']:.3f}, {i['true_return']:.0f} | "
+                    f"{o['accuracy']:.3f}, {o['true_return']:.0f}"
+                    for o, i in zip(
+                        sorted(ours, key=lambda r: r["repeat"]),
+                        sorted(ref, key=lambda r: r["repeat"]),
+                    )
+                )
+                + ".",
             ]
     if recipe_rows:
         lines += [
