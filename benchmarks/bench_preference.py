@@ -185,9 +185,13 @@ def speed(args: argparse.Namespace) -> list[dict]:
     results = json.loads(args.json.read_text()) if args.json and args.json.exists() else []
     for repeat in range(args.seed, args.seed + args.repeats):
         seed = repeat
-        for side in ("imitation", "tdimitation") if repeat % 2 == 0 else ("tdimitation", "imitation"):
-            result = run_imitation(seed, args.eval_episodes) if side == "imitation" else run_ours(
-                seed, args.eval_episodes, args.ours_frames
+        for side in (
+            ("imitation", "tdimitation") if repeat % 2 == 0 else ("tdimitation", "imitation")
+        ):
+            result = (
+                run_imitation(seed, args.eval_episodes)
+                if side == "imitation"
+                else run_ours(seed, args.eval_episodes, args.ours_frames)
             )
             if result is None:
                 print("no imitation result (venv missing or script failed)")
@@ -248,6 +252,7 @@ def summary(speed_rows: list[dict], recipe_rows: list[dict]) -> str:
                     for o, i in zip(
                         sorted(ours, key=lambda r: r["repeat"]),
                         sorted(ref, key=lambda r: r["repeat"]),
+                        strict=False,
                     )
                 )
                 + f"); CPU-time ratio "
@@ -260,6 +265,7 @@ def summary(speed_rows: list[dict], recipe_rows: list[dict]) -> str:
                     for o, i in zip(
                         sorted(ours, key=lambda r: r["repeat"]),
                         sorted(ref, key=lambda r: r["repeat"]),
+                        strict=False,
                     )
                 )
                 + ".",
@@ -271,7 +277,8 @@ def summary(speed_rows: list[dict], recipe_rows: list[dict]) -> str:
             " deterministic evaluation of the agent on the true reward, and the reward model's"
             " training accuracy at its last query:",
             "",
-            "| recipe | seed | true return (mean ± std) | reward accuracy | frames | fit s | date |",
+            "| recipe | seed | true return (mean ± std) | reward accuracy | frames | fit s"
+            " | date |",
             "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in sorted(recipe_rows, key=lambda r: (r["recipe"], r["seed"], r["repeat"])):
@@ -291,7 +298,9 @@ def recipe_accuracy(row: dict, data_dirs: list[Path]) -> float | None:
     name = row["recipe"].replace("/", "-")
     for data_dir in data_dirs:
         try:
-            metrics = final_metrics(data_dir, f"recipes-{name}", f"{name}-seed{row['seed']}-r{row['repeat']}")
+            metrics = final_metrics(
+                data_dir, f"recipes-{name}", f"{name}-seed{row['seed']}-r{row['repeat']}"
+            )
         except Exception:  # noqa: BLE001 - not in this store
             continue
         return metrics.get("reward/accuracy")
