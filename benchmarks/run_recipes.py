@@ -121,6 +121,8 @@ def run_one(recipe: str, seed: int, repeat: int, data_dir: Path, extra: list[str
         "fit_seconds": metrics["time/fit_seconds"],
         "process_seconds": wall,
         "policy_sha256": policy_digest(checkpoint),
+        # Algorithms that log them (preference comparisons): the last reward-model accuracy.
+        **({"reward_accuracy": metrics["reward/accuracy"]} if "reward/accuracy" in metrics else {}),
         "extra_args": extra,
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -167,7 +169,8 @@ def table(results: list[dict], recipes: list[str], target: float | None) -> str:
                     if first.get("policy_sha256") and r.get("policy_sha256"):
                         identical = first["policy_sha256"] == r["policy_sha256"]
                         summary += (
-                            " and " + ("bit-identical" if identical else "different")
+                            " and "
+                            + ("bit-identical" if identical else "different")
                             + " policy parameters"
                         )
         notes.append(f"- {summary}.")
@@ -196,9 +199,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--repeat-seed", type=int, action="append", default=[])
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
-    parser.add_argument(
-        "--data-dir", type=Path, default=ROOT / "benchmarks" / "results" / "data"
-    )
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "benchmarks" / "results" / "data")
     parser.add_argument("--table", help="name of the RESULTS.md section to regenerate")
     parser.add_argument(
         "--table-recipes", nargs="*", help="recipes in the table (default: --recipes)"
