@@ -89,8 +89,9 @@ def nonplain_training_reason(trainer) -> str | None:
     With the default 32-bit ``Precision`` plugin on a ``SingleDeviceStrategy``,
     ``manual_backward(loss)`` is ``loss.backward()`` plus hooks and ``LightningOptimizer``
     steps are ``optimizer.step()`` plus hooks and a counter; other precisions (autocast,
-    loss scaling) and strategies (gradient synchronisation) are not. The fast update paths
-    of BC and PPO are taken only when this returns None (each also checks its hooks).
+    loss scaling) and strategies (gradient synchronisation) are not. The fused updates of
+    BC and PPO are taken only when this returns None (:mod:`tdimitation.fused.lightning`
+    also checks the hooks).
     """
     from lightning.pytorch.plugins.precision import Precision
     from lightning.pytorch.strategies import SingleDeviceStrategy
@@ -103,10 +104,6 @@ def nonplain_training_reason(trainer) -> str | None:
     return None
 
 
-#: Lightning hooks around a backward pass or an optimizer step; a fused update skips them.
-STEP_HOOKS = ("backward", "on_before_backward", "on_after_backward", "on_before_optimizer_step")
-
-
 def attached_trainer(module):
     """The Trainer ``module`` (a LightningModule) is attached to, or None."""
     try:
@@ -115,29 +112,6 @@ def attached_trainer(module):
         return None
 
 
-def fused_step_blocker(module) -> str | None:
-    """Why a fused update may not replace ``module``'s Lightning backward/step (None: it may).
-
-    A fused update computes gradients and the optimizer step itself, without Lightning's
-    ``manual_backward`` and ``LightningOptimizer.step``. That is exact when those are plain
-    torch calls (:func:`nonplain_training_reason`), the Trainer does not clip gradients,
-    and neither the module nor a callback overrides a backward or optimizer-step hook.
-    Public Lightning APIs only.
-    """
-    from lightning.pytorch import Callback, LightningModule
-    from lightning.pytorch.utilities.model_helpers import is_overridden
-
-    trainer = attached_trainer(module)
-    if trainer is None:
-        return None
-    reason = nonplain_training_reason(trainer)
-    if reason is not None:
-        return reason
-    if trainer.gradient_clip_val:
-        return "Trainer gradient clipping"
-    if any(is_overridden(hook, module, LightningModule) for hook in STEP_HOOKS):
-        return f"{type(module).__name__} overrides a backward or optimizer-step hook"
-    for callback in trainer.callbacks:
-        if any(is_overridden(hook, callback, Callback) for hook in STEP_HOOKS[1:]):
-            return f"callback {type(callback).__name__} hooks backward or optimizer steps"
-    return None
+def plain_backward(loss: torch.Tensor) -> None:
+    """The default ``backward`` of the generator interface (``update``) outside a Trainer."""
+    loss.backward()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,11 @@ from tdimitation.callbacks import FitThreads
 from tdimitation.data.trajectory import check_matches_env, check_trajectories
 from tdimitation.envs import as_env_id, make_env
 from tdimitation.errors import TrajectoryError
+from tdimitation.fused import FirstMinibatchCheck, FusedOptions, FusedUpdate, fused_update_for
+from tdimitation.fused.lightning import module_step_blocker, unwrap_optimizer
 from tdimitation.objectives.bc import BCLoss
 from tdimitation.policies.actors import build_actor
-from tdimitation.utils import attached_trainer, fused_step_blocker, seeded
+from tdimitation.utils import attached_trainer, plain_backward, seeded
 
 
 class DemonstrationData(L.LightningDataModule):
@@ -167,94 +169,6 @@ class _IndexBlocks(IterableDataset):
             yield torch.stack(pending)
 
 
-class _DirectAdam:
-    """``Adam.step()`` without its Python wrapper, for the inner steps of a block.
-
-    ``torch.optim.Adam.step`` runs profiler hooks, step hooks, a state lookup per
-    parameter and dtype grouping around one call of ``torch.optim.adam.adam`` (its public
-    functional form), which costs ~2x the fused kernel itself at a 32-32 policy's size.
-    This calls ``adam`` directly with the optimizer's own state tensors and its group's
-    current hyperparameters, i.e. the very call ``step()`` makes: the update is identical
-    (tested bit for bit). :meth:`build` returns None (use ``step()``) for anything but a
-    plain ``Adam`` over exactly ``params`` in one group with its state initialised, no
-    step hooks, no gradient scaling, no capturable/differentiable mode.
-    """
-
-    def __init__(self, optimizer: torch.optim.Adam, params: list[torch.Tensor]) -> None:
-        self.group = optimizer.param_groups[0]
-        state = [optimizer.state[p] for p in params]
-        self.params = params
-        self.exp_avgs = [s["exp_avg"] for s in state]
-        self.exp_avg_sqs = [s["exp_avg_sq"] for s in state]
-        self.max_exp_avg_sqs = [s["max_exp_avg_sq"] for s in state] if self.group["amsgrad"] else []
-        self.steps = [s["step"] for s in state]
-
-    @classmethod
-    def build(cls, optimizer: Any, params: list[torch.Tensor]) -> _DirectAdam | None:
-        import inspect
-
-        from torch.optim import adam as adam_module
-
-        if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
-            return None
-        group = optimizer.param_groups[0]
-        if len(group["params"]) != len(params) or any(
-            a is not b for a, b in zip(group["params"], params, strict=True)
-        ):
-            return None
-        if getattr(optimizer, "grad_scale", None) is not None:
-            return None
-        if getattr(optimizer, "found_inf", None) is not None:
-            return None
-        if group.get("capturable") or group.get("differentiable"):
-            return None
-        if any(p.is_complex() or len(optimizer.state.get(p, ())) == 0 for p in params):
-            return None  # the first step initialises the state through step()
-        if cls._signature_ok is None:
-            cls._signature_ok = cls._KWARGS <= set(inspect.signature(adam_module.adam).parameters)
-        if not cls._signature_ok:
-            return None  # another torch version: use step()
-        if "decoupled_weight_decay" not in group:
-            return None
-        return cls(optimizer, params)
-
-    _signature_ok: bool | None = None
-    _KWARGS = frozenset(
-        "amsgrad has_complex beta1 beta2 lr weight_decay eps maximize foreach capturable "
-        "differentiable fused grad_scale found_inf decoupled_weight_decay".split()
-    )
-
-    def __call__(self, grads: list[torch.Tensor]) -> None:
-        from torch.optim.adam import adam
-
-        group = self.group
-        beta1, beta2 = group["betas"]
-        with torch.no_grad():
-            adam(
-                self.params,
-                grads,
-                self.exp_avgs,
-                self.exp_avg_sqs,
-                self.max_exp_avg_sqs,
-                self.steps,
-                amsgrad=group["amsgrad"],
-                has_complex=False,
-                beta1=beta1,
-                beta2=beta2,
-                lr=group["lr"],
-                weight_decay=group["weight_decay"],
-                eps=group["eps"],
-                maximize=group["maximize"],
-                foreach=group["foreach"],
-                capturable=False,
-                differentiable=False,
-                fused=group["fused"],
-                grad_scale=None,
-                found_inf=None,
-                decoupled_weight_decay=group["decoupled_weight_decay"],
-            )
-
-
 class BC(FitThreads, L.LightningModule):
     """Behavioral cloning: maximise the likelihood of the expert's actions.
 
@@ -268,6 +182,24 @@ class BC(FitThreads, L.LightningModule):
     ``grad_accumulation`` sums gradients over that many micro-batches of ``batch_size``
     before a step, which equals one step on their union (Lightning's own
     ``accumulate_grad_batches`` is not available with manual optimisation).
+
+    **The update.** The autograd loop in :meth:`update_on_block` is the specification: per
+    micro-batch the loss module's ``forward`` and ``backward``, then ``optimizer.step()``.
+    When :func:`~tdimitation.fused.fused_update_for` finds it exact (exactly ``BCLoss``, a
+    ``CategoricalActor`` MLP, float32 on one device, plain Adam, no backward or
+    optimizer-step hook), a block runs :class:`~tdimitation.fused.BCFusedUpdate` instead:
+    closed-form gradients and Adam's own update called directly, bit for bit the updates of
+    the autograd loop's ``optimizer.step()`` up to the gradients' float rounding. At the
+    start of every fit its gradients are checked once against autograd's on the first
+    minibatch; if they disagree the fit uses autograd (with a
+    :class:`~tdimitation.fused.FusedUpdateWarning`). :attr:`update_path` records the path.
+
+    Fused blocks (and, with plain Lightning settings, the autograd loop) step the torch
+    optimizer itself: per-optimizer-step hooks do not fire inside them (an overridden
+    Lightning backward/optimizer-step hook sends every step through Lightning instead;
+    ``torch.optim`` step hooks are skipped by fused blocks), and ``trainer.global_step``
+    does not count their steps: :attr:`batches_done` does, logged as
+    ``bc/optimizer_steps``. ``fast_updates=False`` routes every step through Lightning.
 
     Args:
         env_id: environment (for the policy's spaces and evaluation).
@@ -289,10 +221,10 @@ class BC(FitThreads, L.LightningModule):
         seed: seed of the initial weights, of the batches and of evaluation envs.
         env_kwargs: extra ``gymnasium.make`` arguments.
         fixed_horizon: optional fixed episode length.
-        fast_updates: inside a block, step the torch optimizer directly and, for
-            categorical MLP policies, use analytic gradients (see :meth:`_update_fast`;
-            same updates). ``False`` routes every step through ``manual_backward`` and
-            Lightning's optimizer wrapper, e.g. for callbacks that need per-step hooks.
+        fast_updates: use the fused update when exact, and step the torch optimizer
+            directly when Lightning's wrapper adds nothing (see above; same updates).
+            ``False`` routes every step through ``manual_backward`` and Lightning's
+            optimizer wrapper, e.g. for callbacks that need per-step hooks.
     """
 
     def __init__(
@@ -342,6 +274,7 @@ class BC(FitThreads, L.LightningModule):
                 self.env, kind=policy_kind, hidden_sizes=hidden_sizes, activation=activation
             )
         self.loss_module = BCLoss(self.policy, ent_weight=ent_weight, l2_weight=l2_weight)
+        self._fused_check = FirstMinibatchCheck()
         #: Which path the last block took: ``"fused"`` or ``"autograd: <reason>"``.
         self.update_path = ""
         self.batches_done = 0
@@ -395,11 +328,11 @@ class BC(FitThreads, L.LightningModule):
     ) -> dict[str, torch.Tensor]:
         """One optimizer step per batch of ``block`` (``[K, micro_batches, batch]`` rows).
 
-        Returns the loss metrics of the last micro-batch of the last step (the only one
-        computing them), or ``{}`` when ``diagnostics`` is False. Takes the fast path
-        (:meth:`_update_fast`) when the Trainer runs plain 32-bit precision on one device,
-        else routes every step through Lightning (``manual_backward`` and its optimizer
-        wrapper). Both give the same updates.
+        Returns the loss metrics of the last micro-batch of the last step, or ``{}`` when
+        ``diagnostics`` is False. The steps are the autograd loop below (the
+        specification) or, when :func:`~tdimitation.fused.fused_update_for` finds it exact
+        and it passed this fit's first-minibatch check, the fused update (see the class
+        docstring); :attr:`update_path` records which and why.
         """
         block = block.to(observations.device)
         steps, accumulate, batch = block.shape
@@ -407,109 +340,50 @@ class BC(FitThreads, L.LightningModule):
         # One gather per block; unbind gives each micro-batch as a view without indexing ops.
         obs_batches = observations[rows].unbind(0)
         act_batches = actions[rows].unbind(0)
-        blocker = self.fused_blocker()
-        self.update_path = "fused" if blocker is None else f"autograd: {blocker}"
-        last = steps * accumulate - 1 if diagnostics else -1
-        if blocker is None:
-            return self._update_fast(obs_batches, act_batches, steps, accumulate, last)
-        # The reference path: the loss module's forward on each minibatch, through Lightning.
-        optimizer = self.optimizers()
         keys = self.loss_module.tensor_keys
+
+        def minibatch(i: int) -> TensorDict:
+            return TensorDict(
+                {keys.observation: obs_batches[i], keys.action: act_batches[i]},
+                batch_size=[batch],
+            )
+
+        last = steps * accumulate - 1 if diagnostics else -1
+        fused = self._fused_update(lambda: minibatch(0))
+        if not isinstance(fused, str):
+            self.update_path = "fused"
+            return fused.run_block(obs_batches, act_batches, steps, accumulate, last)
+        self.update_path = f"autograd: {fused}"
+        # The specification: the loss module's forward on each micro-batch, backward, step.
+        optimizer, backward = self._optimizer_and_backward()
         scale = 1.0 / accumulate
         for k in range(steps):
             optimizer.zero_grad(set_to_none=True)
             for m in range(accumulate):
-                i = k * accumulate + m
-                minibatch = TensorDict(
-                    {keys.observation: obs_batches[i], keys.action: act_batches[i]},
-                    batch_size=[obs_batches[i].shape[0]],
-                )
-                out = self.loss_module(minibatch)
-                self.manual_backward(out["loss"] * scale if accumulate > 1 else out["loss"])
+                out = self.loss_module(minibatch(k * accumulate + m))
+                backward(out["loss"] * scale if accumulate > 1 else out["loss"])
             optimizer.step()
         return {k: v.detach() for k, v in out.items()} if diagnostics else {}
 
-    def fused_blocker(self) -> str | None:
-        """Why this update must take the reference path (None: the fused one is exact).
-
-        The fused path needs ``fast_updates`` on, exactly :class:`BCLoss` (a subclass may
-        change the loss), and a Trainer whose backward and optimizer step are plain torch
-        calls with no hook overridden (:func:`~tdimitation.utils.fused_step_blocker`).
-        """
+    def _fused_update(self, first_minibatch: Callable[[], TensorDict]) -> FusedUpdate | str:
+        """The fused update for this block, or why the autograd loop runs instead."""
         if not self.hparams.get("fast_updates", True):
             return "fast_updates=False"
-        if type(self.loss_module) is not BCLoss:
-            return f"loss {type(self.loss_module).__name__} is not BCLoss itself"
-        return fused_step_blocker(self)
+        optimizer = self.optimizers()
+        options = FusedOptions(backward=self.manual_backward)
+        update = fused_update_for(self.loss_module, optimizer, options)
+        return self._fused_check(update, optimizer, first_minibatch)
 
-    def _update_fast(
-        self,
-        obs_batches: Sequence[torch.Tensor],
-        act_batches: Sequence[torch.Tensor],
-        steps: int,
-        accumulate: int,
-        last: int,
-    ) -> dict[str, torch.Tensor]:
-        """The block's steps on the torch optimizer itself, without Lightning's wrapper.
-
-        Why this equals the reference path: with the default precision plugin on one
-        device and no hook overridden (:meth:`fused_blocker`), ``manual_backward(loss)``
-        is ``loss.backward()`` and ``LightningOptimizer.step()`` is ``optimizer.step()``
-        plus a step counter. Every step here calls the torch optimizer directly (~0.2 ms
-        less per step at batch 32), so ``trainer.global_step`` does not count them:
-        :attr:`batches_done` does, and per-step hooks (``on_before_optimizer_step``, an
-        optimizer's step hooks) do not fire inside a fused block; pass
-        ``fast_updates=False`` when they must. For tdimitation's categorical MLP policies
-        the gradients come from
-        :meth:`BCLoss.analytic_gradients` (no autograd: one ``backward()`` costs more
-        than the whole hand-written pass at batch 32), and a plain Adam's inner steps
-        are its functional update called directly (:class:`_DirectAdam`, bit-identical
-        to ``step()``). Every step of the path computes the same operations, so fused
-        and one-step-per-call training give identical parameters.
+    def _optimizer_and_backward(self) -> tuple[Any, Callable[[torch.Tensor], None]]:
+        """The autograd loop's optimizer and backward: torch's own where Lightning's
+        ``manual_backward`` and optimizer wrapper would only add a step counter (plain
+        32-bit precision on one device, no hook overridden; ~0.2 ms less per step), else
+        Lightning's (``fast_updates=False`` always takes Lightning's).
         """
         optimizer = self.optimizers()
-        raw = optimizer.optimizer
-        loss_module = self.loss_module
-        layers = loss_module.analytic_layers()
-        params = list(self.policy.parameters()) if layers is not None else []
-        direct = _DirectAdam.build(raw, params) if layers is not None else None
-        retry = layers is not None and direct is None  # Adam's state may not exist yet
-        scale = 1.0 / accumulate
-        out: dict[str, torch.Tensor] = {}
-        for k in range(steps):
-            if layers is not None:
-                grads = None
-                for m in range(accumulate):
-                    i = k * accumulate + m
-                    step_grads, metrics = loss_module.analytic_gradients(
-                        obs_batches[i], act_batches[i], layers, scale, diagnostics=i == last
-                    )
-                    grads = (
-                        step_grads
-                        if grads is None
-                        else [g.add_(h) for g, h in zip(grads, step_grads, strict=True)]
-                    )
-                    if i == last:
-                        out = metrics
-                if direct is not None:
-                    direct(grads)
-                    continue
-                for p, g in zip(params, grads, strict=True):
-                    p.grad = g
-            else:
-                raw.zero_grad(set_to_none=True)
-                for m in range(accumulate):
-                    i = k * accumulate + m
-                    loss_out = loss_module.loss_tensors(
-                        obs_batches[i], act_batches[i], diagnostics=i == last
-                    )
-                    (loss_out["loss"] * scale if accumulate > 1 else loss_out["loss"]).backward()
-                    if i == last:
-                        out = loss_out
-            raw.step()
-            if retry:
-                direct, retry = _DirectAdam.build(raw, params), False
-        return out
+        if self.hparams.get("fast_updates", True) and module_step_blocker(self) is None:
+            return unwrap_optimizer(optimizer), plain_backward
+        return optimizer, self.manual_backward
 
     def _logger_will_record(self) -> bool:
         """Whether the Trainer sends this batch's step metrics to its loggers.
@@ -533,6 +407,8 @@ class BC(FitThreads, L.LightningModule):
         epochs_before = self.batches_done // self._per_epoch
         self.batches_done += block.shape[0]
         if log_metrics:
+            # The run's optimizer steps (fused blocks' included: Lightning counts only its own).
+            out = out | {"optimizer_steps": torch.tensor(float(self.batches_done))}
             self.log_dict(
                 {f"bc/{key}": value.detach() for key, value in out.items()},
                 prog_bar=False,

@@ -68,11 +68,6 @@ TRANSITION_KEYS: tuple = (
 )
 
 
-def plain_backward(loss: torch.Tensor) -> None:
-    """The default ``backward`` of the generator interface (``update``) outside a Trainer."""
-    loss.backward()
-
-
 def identity_collate(batch):
     return batch
 

@@ -32,8 +32,8 @@ from tdimitation.envs import as_env_id
 from tdimitation.errors import SpaceMismatchError
 from tdimitation.objectives.dqn import QLearningLoss
 from tdimitation.policies.actors import QValueActor, build_actor
-from tdimitation.rl.base import OnlineAlgorithm, plain_backward
-from tdimitation.utils import check_positive, seeded
+from tdimitation.rl.base import OnlineAlgorithm
+from tdimitation.utils import check_positive, plain_backward, seeded
 
 __all__ = ["DQN", "QLearningLoss"]
 

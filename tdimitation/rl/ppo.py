@@ -9,7 +9,8 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 
 from tdimitation.envs import as_env_id
-from tdimitation.objectives.ppo import PPOClipLoss, PPOGradients
+from tdimitation.fused import FirstMinibatchCheck, FusedOptions, FusedUpdate, fused_update_for, gae
+from tdimitation.objectives.ppo import PPOClipLoss
 from tdimitation.policies.actors import (
     CategoricalActor,
     GaussianActor,
@@ -18,17 +19,9 @@ from tdimitation.policies.actors import (
     observation_width,
 )
 from tdimitation.policies.critics import ValueCritic
-from tdimitation.rl.base import OnlineAlgorithm, plain_backward
-from tdimitation.rl.ppo_fused import (
-    FlatAdam,
-    clip_flat_,
-    compile_train_step,
-    gae,
-    lightning_blocker,
-    unwrap_optimizer,
-)
+from tdimitation.rl.base import OnlineAlgorithm
 from tdimitation.rng import randperm
-from tdimitation.utils import seeded
+from tdimitation.utils import plain_backward, seeded
 
 
 class PPO(OnlineAlgorithm):
@@ -39,24 +32,32 @@ class PPO(OnlineAlgorithm):
     gradient norm 0.5, Adam eps 1e-5), except that actor and critic are separate MLPs
     (as SB3's ``MlpPolicy``) of ``hidden_sizes``. Each round collects
     ``num_envs * n_steps`` frames, computes advantages once, then runs ``n_epochs`` passes
-    of minibatch updates. Minibatches are gathered once per epoch as tensors and the loss is
-    :class:`~tdimitation.objectives.PPOClipLoss` on tensors; the optimizer is Adam with
-    ``fused=True``. Bootstrapping stops at terminations, not at truncations.
+    of minibatch updates of :class:`~tdimitation.objectives.PPOClipLoss`; the optimizer is
+    Adam with ``fused=True``. Bootstrapping stops at terminations, not at truncations.
 
-    **Fast update.** When it is exact to do so (see :meth:`update`), the minibatch steps skip
-    autograd and the optimizer's Python machinery: :class:`~tdimitation.objectives.ppo.
-    PPOGradients` computes the loss's gradients in closed form (actor and critic hidden layers
-    evaluated together as stacked "twin" weights), gradient clipping and Adam run on one
-    flat buffer with ``torch.optim.Adam``'s arithmetic, and parameters and Adam's moments are
-    written back after the round. Same parameters as the autograd path up to float rounding
-    (tested); 2.5-3x fewer microseconds per minibatch on CPU (``benchmarks/bench_ppo.py``).
-    ``fast_update=False`` forces the autograd path; :attr:`update_path` says which path the
-    last update took and why.
+    **The update.** :meth:`_autograd_update` is the specification: per minibatch, the loss
+    module's ``forward``, ``backward``, ``clip_grad_norm_``, ``optimizer.step()``. When
+    :func:`~tdimitation.fused.fused_update_for` finds it exact (exactly ``PPOClipLoss``,
+    PPO's own MLP actor-critic, float32 on one device, plain Adam, no backward or
+    optimizer-step hook), the round runs :class:`~tdimitation.fused.PPOFusedUpdate`
+    instead: closed-form gradients (actor and critic hidden layers evaluated together as
+    stacked "twin" weights), clipping and Adam on one flat buffer, parameters and Adam's
+    moments written back after the round; same parameters up to float rounding, 2.5-3x fewer
+    microseconds per minibatch on CPU (``benchmarks/bench_ppo.py``). At the start of every
+    fit its gradients are checked once against autograd's on the round's first minibatch;
+    if they disagree the fit uses autograd (with a :class:`~tdimitation.fused.
+    FusedUpdateWarning`). ``fast_update=False`` forces the autograd path; :attr:`update_path`
+    says which path the last update took and why.
+
+    A fused round steps the torch optimizer itself: per-optimizer-step hooks do not fire
+    inside it (Lightning's ``on_before_optimizer_step``/backward hooks, when overridden,
+    send the round through autograd instead; ``torch.optim`` step hooks are skipped) and
+    ``trainer.global_step`` does not count its steps. ``optimizer_steps`` counts every step.
 
     Logged per round: the loss terms and ``entropy``, ``kl_approx``, ``clip_fraction``
     (means over the last epoch's minibatches), ``explained_variance`` of the value targets by
-    the values the advantages were computed from (as Stable-Baselines3 reports it), ``lr``
-    and the number of ``updates``.
+    the values the advantages were computed from (as Stable-Baselines3 reports it), ``lr``,
+    the round's number of optimizer steps (``updates``) and the run's (``optimizer_steps``).
 
     Args:
         env_id: environment id (see :func:`~tdimitation.envs.make_env`).
@@ -82,11 +83,11 @@ class PPO(OnlineAlgorithm):
         activation: activation name.
         normalize_observations: running observation normalisation, stored in the policy.
         log_std_init: initial log standard deviation (continuous actions).
-        compile_loss: ``torch.compile`` the training step: on the fast path the whole
+        compile_loss: ``torch.compile`` the training step: on the fused path the whole
             minibatch step (closed-form gradients, clipping, Adam) becomes one graph of fused
             kernels; on the autograd path, the loss. Pays a one-off compilation of ~20 s on
             CPU, worth it on long runs.
-        fast_update: use the closed-form gradients and flat Adam when exact (see above).
+        fast_update: use the fused update when exact (see above).
     """
 
     def __init__(
@@ -163,9 +164,8 @@ class PPO(OnlineAlgorithm):
         )
         # (loss module, its compiled forward): compiled again when the loss is swapped.
         self._compiled_loss: tuple[torch.nn.Module, Callable] | None = None
-        self._gradients: PPOGradients | None = None
-        self._compiled_step: tuple[tuple, Callable] | None = None
-        #: Which path the last :meth:`update` took: ``"fast"`` or ``"autograd: <reason>"``.
+        self._fused_check = FirstMinibatchCheck()
+        #: Which path the last :meth:`update` took: ``"fused"`` or ``"autograd: <reason>"``.
         self.update_path = ""
 
     def collection_policy(self) -> MLPActor:
@@ -227,53 +227,34 @@ class PPO(OnlineAlgorithm):
     ) -> dict[str, float]:
         """PPO's updates on one collected ``[N, T]`` round (see :meth:`OnlineAlgorithm.update`).
 
-        ``reward_fn`` relabels the whole round once, before the advantages.
-
-        The minibatch steps take the fast path (closed-form gradients, flat Adam; see the
-        class docstring) only when it computes exactly what ``backward(loss)`` and
-        ``optimizer.step()`` would:
-
-        * ``backward`` is None (``loss.backward()``), or a LightningModule's own
-          ``manual_backward`` whose Trainer runs the default 32-bit ``Precision`` plugin on
-          a ``SingleDeviceStrategy``. There ``manual_backward`` is ``loss.backward()`` plus
-          the ``on_before_backward``/``on_after_backward`` hooks, and a
-          ``LightningOptimizer`` step is ``optimizer.step()`` plus the
-          ``on_before_optimizer_step`` hook and the ``global_step`` counter; the fast path
-          is taken only when neither the module nor any callback overrides those hooks
-          (or ``backward``), and it still advances ``global_step`` once per minibatch.
-          Mixed or double precision (autocast, gradient scaling), other strategies
-          (gradient synchronisation) and custom backward functions take the autograd path;
-        * the optimizer is ``torch.optim.Adam``/``AdamW`` without weight decay, AMSGrad,
-          ``maximize``, step hooks or per-group hyperparameters, over exactly the actor's
-          and critic's parameters; autocast is off; and the networks are supported
-          (:meth:`PPOGradients.unsupported_reason`).
-
-        :attr:`update_path` records the path taken.
+        ``reward_fn`` relabels the whole round once, before the advantages. The steps are
+        :meth:`_autograd_update` (the specification) or, when
+        :func:`~tdimitation.fused.fused_update_for` finds it exact and it passed this fit's
+        first-minibatch check, the fused update; :attr:`update_path` records which and why.
         """
         hp = self.hparams
         if hp.lr_schedule == "linear":
             for group in optimizer.param_groups:
                 group["lr"] = hp.learning_rate * max(1.0 - self.frames / self.total_frames, 0.0)
         advantage, value_target, value = self._advantages(batch, reward_fn)
-        n = batch.numel()
-        keys = self.loss_module.tensor_keys  # set_keys names what the update reads
-        obs = batch[keys.observation].reshape(n, -1)
-        # The sample the stored log-probability belongs to (unclipped, for bounded Gaussians).
-        taken = batch.get("action_sample", None) if keys.action == "action" else None
-        taken = batch[keys.action] if taken is None else taken
-        action = taken.reshape(n, *taken.shape[2:])
-        old_log_prob = batch[keys.sample_log_prob].reshape(n)
-        advantage, value_target = advantage.reshape(n), value_target.reshape(n)
-        tensors = (obs, action, old_log_prob, advantage, value_target)
-        blocker = self._fast_update_blocker(optimizer, backward)
-        self.update_path = "fast" if blocker is None else f"autograd: {blocker}"
-        if blocker is None:
-            logged, updates = self._fast_update(optimizer, *tensors)
+        round_td = self._round_tensordict(batch, advantage, value_target)
+        n = round_td.shape[0]
+        fused = self._fused_update(optimizer, backward, round_td)
+        if isinstance(fused, str):
+            self.update_path = f"autograd: {fused}"
+            logged, updates = self._autograd_update(round_td, optimizer, backward or plain_backward)
         else:
-            logged, updates = self._autograd_update(optimizer, backward or plain_backward, *tensors)
+            self.update_path = "fused"
+            logged, updates = fused.run(
+                round_td,
+                hp.batch_size,
+                self._epochs(),
+                lambda: randperm(n, self.rng, round_td.device),
+                self._stop_early,
+            )
         if self.actor.obs_norm is not None:
             # After the update, so this round's stored log-probs matched the policy used.
-            self.actor.obs_norm.update(obs)
+            self.actor.obs_norm.update(round_td[self.loss_module.tensor_keys.observation])
         # One reduction per key for the whole round (the last epoch's minibatches).
         metrics = {
             key: float(torch.stack([o[key].detach() for o in logged]).mean()) for key in logged[0]
@@ -285,7 +266,43 @@ class PPO(OnlineAlgorithm):
         metrics.setdefault("loss_entropy", 0.0)
         metrics["updates"] = float(updates)
         self.optimizer_steps += updates
+        metrics["optimizer_steps"] = float(self.optimizer_steps)
         return metrics
+
+    def _round_tensordict(
+        self, batch: TensorDictBase, advantage: torch.Tensor, value_target: torch.Tensor
+    ) -> TensorDictBase:
+        """The round as the loss reads it, ``[N]``: its keys (``set_keys``) name the columns."""
+        n = batch.numel()
+        keys = self.loss_module.tensor_keys
+        # The sample the stored log-probability belongs to (unclipped, for bounded Gaussians).
+        taken = batch.get("action_sample", None) if keys.action == "action" else None
+        taken = batch[keys.action] if taken is None else taken
+        return TensorDict(
+            {
+                keys.observation: batch[keys.observation].reshape(n, -1),
+                keys.action: taken.reshape(n, *taken.shape[2:]),
+                keys.sample_log_prob: batch[keys.sample_log_prob].reshape(n),
+                keys.advantage: advantage.reshape(n),
+                keys.value_target: value_target.reshape(n),
+            },
+            batch_size=[n],
+        )
+
+    def _fused_update(
+        self,
+        optimizer: torch.optim.Optimizer,
+        backward: Callable[[torch.Tensor], None] | None,
+        round_td: TensorDictBase,
+    ) -> FusedUpdate | str:
+        """The fused update for this round, or why the autograd update runs instead."""
+        hp = self.hparams
+        if not hp.fast_update:
+            return "fast_update=False"
+        options = FusedOptions(backward, hp.max_grad_norm, hp.compile_loss)
+        update = fused_update_for(self.loss_module, optimizer, options)
+        # The first minibatch in collection order: drawing one would move the RNG.
+        return self._fused_check(update, optimizer, lambda: round_td[: hp.batch_size])
 
     def _epochs(self) -> Iterator[tuple[int, bool]]:
         """``(epoch, diagnostics)``; diagnostics cost kernels, so only in the last epoch
@@ -303,36 +320,20 @@ class PPO(OnlineAlgorithm):
 
     def _autograd_update(
         self,
+        round_td: TensorDictBase,
         optimizer: torch.optim.Optimizer,
         backward: Callable[[torch.Tensor], None],
-        obs: torch.Tensor,
-        action: torch.Tensor,
-        old_log_prob: torch.Tensor,
-        advantage: torch.Tensor,
-        value_target: torch.Tensor,
     ) -> tuple[list[dict[str, torch.Tensor]], int]:
-        """The reference path: autograd through :class:`PPOClipLoss`, ``optimizer.step()``."""
+        """The specification: minibatches through the loss's forward, backward, clip, step."""
         hp = self.hparams
-        n = obs.shape[0]
+        n = round_td.shape[0]
         params = [p for group in optimizer.param_groups for p in group["params"]]
         loss_fn = self._loss_forward()
-        keys = self.loss_module.tensor_keys
-        # The round as the loss reads it: its keys (set_keys) name the columns.
-        round_td = TensorDict(
-            {
-                keys.observation: obs,
-                keys.action: action,
-                keys.sample_log_prob: old_log_prob,
-                keys.advantage: advantage,
-                keys.value_target: value_target,
-            },
-            batch_size=[n],
-        )
         logged: list[dict[str, torch.Tensor]] = []
         updates = 0
         for _, _diagnostics in self._epochs():
             # One gather per epoch; minibatches are then contiguous views.
-            epoch_td = round_td[randperm(n, self.rng, obs.device)]
+            epoch_td = round_td[randperm(n, self.rng, round_td.device)]
             epoch_logged = []
             for i in range(n // hp.batch_size):
                 out = loss_fn(epoch_td[i * hp.batch_size : (i + 1) * hp.batch_size])
@@ -357,123 +358,6 @@ class PPO(OnlineAlgorithm):
         if self._compiled_loss is None or self._compiled_loss[0] is not loss:
             self._compiled_loss = (loss, torch.compile(loss, dynamic=False))
         return self._compiled_loss[1]
-
-    @torch.no_grad()
-    def _fast_update(
-        self,
-        optimizer: torch.optim.Optimizer,
-        obs: torch.Tensor,
-        action: torch.Tensor,
-        old_log_prob: torch.Tensor,
-        advantage: torch.Tensor,
-        value_target: torch.Tensor,
-    ) -> tuple[list[dict[str, torch.Tensor]], int]:
-        """The same steps as :meth:`_autograd_update` with closed-form gradients and flat Adam.
-
-        Consumes the RNG identically (one ``randperm`` per epoch), so both paths visit the
-        same minibatches.
-        """
-        hp = self.hparams
-        grads = self._gradients
-        n, size = obs.shape[0], hp.batch_size
-        count = n // size
-        # Observation normalisation is fixed during the update: apply it once per round.
-        inputs = grads.features(obs)
-        actions = grads.encode_actions(action)
-        adam = FlatAdam(unwrap_optimizer(optimizer), grads)
-        train_step = self._train_step(adam, size)
-        logged: list[dict[str, torch.Tensor]] = []
-        updates = 0
-        for _, diagnostics in self._epochs():
-            perm = randperm(n, self.rng, obs.device)
-            # [count, 2, size, d]: each minibatch's twin inputs contiguous.
-            x = inputs[:, perm].view(2, count, size, -1).transpose(0, 1).contiguous()
-            a = actions[perm].view(count, size, -1)
-            olp = old_log_prob[perm].view(count, size)
-            adv = grads.advantage_weights(advantage[perm].view(count, size))
-            vt = value_target[perm].view(count, size, 1)
-            epoch_logged = []
-            for i in range(count):
-                out = train_step(x[i], a[i], olp[i], adv[i], vt[i], diagnostics)
-                if diagnostics:
-                    epoch_logged.append(out)
-                updates += 1
-            logged = epoch_logged or logged
-            if self._stop_early(epoch_logged):
-                break
-        adam.finish()
-        return logged, updates
-
-    def _train_step(self, adam: FlatAdam, size: int) -> Callable:
-        """One minibatch step of the fast path: gradients, clipping, Adam, all in place.
-
-        With ``compile_loss`` the whole step (no autograd in it) is one ``torch.compile``d
-        graph, compiled once per model (two variants: with and without diagnostics).
-        """
-        grads, max_norm = self._gradients, self.hparams.max_grad_norm
-        grads.prepare(size)  # buffers allocated outside compiled code
-        weights, grad_views = grads.views(adam.params), grads.views(adam.grad)
-
-        def eager(x, a, old_log_prob, advantage_weight, value_target, diagnostics):
-            out = grads.step(
-                weights, grad_views, x, a, old_log_prob, advantage_weight, value_target, diagnostics
-            )
-            if max_norm is not None:
-                clip_flat_(adam.grad, max_norm)
-            adam.step()
-            return out
-
-        if not self.hparams.compile_loss:
-            return eager
-        constants = (adam.beta1, adam.beta2, adam.eps, max_norm)
-        if self._compiled_step is None or self._compiled_step[0] != constants:
-            self._compiled_step = (constants, compile_train_step(grads, *constants))
-        compiled = self._compiled_step[1]
-
-        def step(x, a, old_log_prob, advantage_weight, value_target, diagnostics):
-            if not adam.started:  # the optimizer's own first step creates its state
-                return eager(x, a, old_log_prob, advantage_weight, value_target, diagnostics)
-            adam.flat_steps += 1
-            return compiled(
-                adam.params,
-                adam.grad,
-                adam.exp_avg,
-                adam.exp_avg_sq,
-                adam.step_tensor,
-                adam.lr_tensor,
-                x,
-                a,
-                old_log_prob,
-                advantage_weight,
-                value_target,
-                diagnostics,
-            )
-
-        return step
-
-    def _fast_update_blocker(
-        self, optimizer: torch.optim.Optimizer, backward: Callable | None
-    ) -> str | None:
-        """Why this update must take the autograd path (None: the fast path is exact)."""
-        if not self.hparams.fast_update:
-            return "fast_update=False"
-        if type(self.loss_module) is not PPOClipLoss:
-            # The fused update implements PPOClipLoss exactly; a subclass may change the loss.
-            return f"loss {type(self.loss_module).__name__} is not PPOClipLoss itself"
-        if torch.is_autocast_enabled(next(self.actor.parameters()).device.type):
-            return "autocast is enabled"
-        # Checked every round (cheap): parameters may have been frozen or replaced since.
-        reason = PPOGradients.unsupported_reason(self.loss_module)
-        if reason is not None:
-            return reason
-        if self._gradients is None or set(map(id, self._gradients.parameters())) != set(
-            map(id, self.loss_module.parameters())
-        ):
-            self._gradients = PPOGradients(self.loss_module)
-        reason = lightning_blocker(optimizer, backward)
-        if reason is not None:
-            return reason
-        return FlatAdam.unsupported_reason(unwrap_optimizer(optimizer), self._gradients)
 
 
 @torch.no_grad()

@@ -37,9 +37,9 @@ from tdimitation.policies.actors import (
     is_deterministic,
     observation_width,
 )
-from tdimitation.rl.base import OnlineAlgorithm, plain_backward
+from tdimitation.rl.base import OnlineAlgorithm
 from tdimitation.rng import Stochastic, randint, uniform
-from tdimitation.utils import check_positive, seeded
+from tdimitation.utils import check_positive, plain_backward, seeded
 
 __all__ = [
     "SAC",

@@ -1,4 +1,4 @@
-"""BC's fast path: analytic gradients, raw optimizer steps inside a block, cheap logging."""
+"""BC's fused path: closed-form gradients, direct Adam steps inside a block, cheap logging."""
 
 import pytest
 import torch
@@ -6,6 +6,8 @@ import torch
 from tdimitation.algorithms import BC, DemonstrationData
 from tdimitation.data import rollout
 from tdimitation.envs import make_env
+from tdimitation.fused import BCGradients
+from tdimitation.fused.adam import FlatAdam, adam_refusal
 from tdimitation.objectives import BCLoss
 from tdimitation.policies import CategoricalActor, GaussianActor, policy_from_string
 from tests.helpers import quiet_trainer as trainer
@@ -35,7 +37,7 @@ def _params(model):
         ("tanh", (), False, 0.0, 0.0, 1.0),
     ],
 )
-def test_analytic_gradients_equal_autograd(
+def test_closed_form_gradients_equal_autograd(
     activation, hidden, normalize, ent_weight, l2_weight, scale
 ):
     torch.manual_seed(0)
@@ -43,36 +45,36 @@ def test_analytic_gradients_equal_autograd(
     if normalize:
         actor.obs_norm.update(torch.randn(100, 5) * 3 + 1)
     loss = BCLoss(actor, ent_weight=ent_weight, l2_weight=l2_weight)
-    layers = loss.analytic_layers()
-    assert layers is not None
+    gradients = BCGradients(loss)
     obs, act = torch.randn(32, 5), torch.randint(0, 3, (32,))
     reference = loss.loss_tensors(obs, act)
     expected = torch.autograd.grad(reference["loss"] * scale, list(actor.parameters()))
-    grads, metrics = loss.analytic_gradients(obs, act, layers, scale, diagnostics=True)
+    grads, metrics = gradients(obs, act, scale, diagnostics=True)
     for got, want in zip(grads, expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
     assert metrics.keys() == reference.keys()
     for key, value in reference.items():
         torch.testing.assert_close(metrics[key], value.detach(), rtol=1e-6, atol=1e-7)
-    assert loss.analytic_gradients(obs, act, layers, scale)[1] == {}
+    assert gradients(obs, act, scale)[1] == {}
 
 
-def test_analytic_path_declines_what_it_does_not_know():
-    assert BCLoss(GaussianActor(3, 2)).analytic_layers() is None
-    assert BCLoss(CategoricalActor(3, 2, (8,), "elu")).analytic_layers() is None
+def test_closed_form_declines_what_it_does_not_know():
+    assert "GaussianActor" in BCGradients.unsupported_reason(BCLoss(GaussianActor(3, 2)))
+    elu = BCLoss(CategoricalActor(3, 2, (8,), "elu"))
+    assert "tanh or ReLU" in BCGradients.unsupported_reason(elu)
     frozen = CategoricalActor(3, 2, (8,))
     frozen.net[0].weight.requires_grad_(False)
-    assert BCLoss(frozen).analytic_layers() is None
+    assert BCGradients.unsupported_reason(BCLoss(frozen)) == "some parameters are frozen"
 
     class Tempered(CategoricalActor):
         def logits(self, observation):
             return super().logits(observation) / 2
 
-    assert BCLoss(Tempered(3, 2, (8,))).analytic_layers() is None
+    assert "Tempered" in BCGradients.unsupported_reason(BCLoss(Tempered(3, 2, (8,))))
 
 
 @pytest.mark.parametrize("accumulate", [1, 3])
-def test_fast_path_matches_lightning_path(cartpole_demos, accumulate):
+def test_fused_path_matches_lightning_path(cartpole_demos, accumulate):
     """Same updates through Lightning's wrapper with autograd, and same step count."""
     runs = {}
     for fast in (True, False):
@@ -99,7 +101,7 @@ def test_fast_path_matches_lightning_path(cartpole_demos, accumulate):
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_continuous_policy_fused_steps_are_exact(pendulum_demos, fast):
-    """The Gaussian policy takes the fast path with autograd (or the Lightning path)."""
+    """The Gaussian policy takes the autograd loop, on the torch optimizer or Lightning's."""
     runs = {}
     for k in (1, 16):
         torch.manual_seed(1)
@@ -122,33 +124,46 @@ def test_metrics_are_logged_when_the_logger_records(cartpole_demos):
     assert model.batches_done == 40
 
 
-@pytest.mark.parametrize("kwargs", [{"fused": True}, {"amsgrad": True}, {"foreach": False}])
-def test_direct_adam_is_bit_identical_to_step(kwargs):
-    from tdimitation.algorithms.bc import _DirectAdam
-
+@pytest.mark.parametrize("kwargs", [{"fused": True}, {"foreach": True}, {"foreach": False}])
+def test_flat_adam_in_place_is_bit_identical_to_step(kwargs):
     torch.manual_seed(0)
     twins = [CategoricalActor(4, 2, (8, 8)) for _ in range(2)]
     twins[1].load_state_dict(twins[0].state_dict())
     params = [list(t.parameters()) for t in twins]
     optimizers = [torch.optim.Adam(p, lr=1e-2, **kwargs) for p in params]
-    assert _DirectAdam.build(optimizers[1], params[1]) is None  # no state yet
-    direct = None
+    assert adam_refusal(optimizers[1], params[1]) is None
+    adam = FlatAdam(optimizers[1], params[1])
+    assert not adam.started  # no state yet: its first step is the optimizer's own
     for _ in range(5):
         grads = [torch.randn_like(p) for p in params[0]]
         for p, g in zip(params[0], grads, strict=True):
             p.grad = g.clone()
         optimizers[0].step()
-        if direct is None:
-            for p, g in zip(params[1], grads, strict=True):
-                p.grad = g.clone()
-            optimizers[1].step()
-            direct = _DirectAdam.build(optimizers[1], params[1])
-            assert direct is not None
-        else:
-            direct([g.clone() for g in grads])
+        adam.step([g.clone() for g in grads])
+    assert adam.started and adam.flat_steps == 4
     for a, b in zip(params[0], params[1], strict=True):
         assert torch.equal(a, b)
-    # Not taken where it could differ from step(): other optimizers, other params.
-    assert _DirectAdam.build(optimizers[1], params[1][:-1]) is None
-    sgd = torch.optim.SGD(params[1], lr=0.1)
-    assert _DirectAdam.build(sgd, params[1]) is None
+    for a, b in zip(params[0], params[1], strict=True):
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(optimizers[0].state[a][key], optimizers[1].state[b][key])
+
+
+def test_flat_adam_refuses_what_it_does_not_implement():
+    params = list(CategoricalActor(4, 2, (8,)).parameters())
+    cases = [
+        (torch.optim.Adam(params, amsgrad=True), "AMSGrad"),
+        (torch.optim.Adam(params, weight_decay=0.1), "weight decay"),
+        (torch.optim.Adam(params, maximize=True), "maximize"),
+        (torch.optim.Adam(params, differentiable=True), "differentiable"),
+        (torch.optim.AdamW(params), "weight decay"),  # AdamW's default decay is 0.01
+        (torch.optim.SGD(params, lr=0.1), "optimizer SGD"),
+        (torch.optim.Adam(params[:-1]), "not exactly"),
+        (torch.optim.Adam(params, lr=torch.tensor(0.01)), "tensor learning rate"),
+        (
+            torch.optim.Adam([{"params": params[:2]}, {"params": params[2:], "lr": 0.1}]),
+            "different hyperparameters",
+        ),
+    ]
+    for optimizer, reason in cases:
+        assert reason in adam_refusal(optimizer, params), reason
+    assert adam_refusal(torch.optim.AdamW(params, weight_decay=0.0), params) is None

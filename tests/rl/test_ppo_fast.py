@@ -1,4 +1,4 @@
-"""PPO's fast update: closed-form gradients and flat Adam against autograd and torch.optim."""
+"""PPO's fused update: closed-form gradients and flat Adam against autograd and torch.optim."""
 
 import itertools
 
@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from tdimitation.data.collector import VecCollector
-from tdimitation.objectives.ppo import PPOClipLoss, PPOGradients
+from tdimitation.fused import PPOGradients
+from tdimitation.fused.lightning import backward_blocker
+from tdimitation.objectives.ppo import PPOClipLoss
 from tdimitation.policies import CategoricalActor
 from tdimitation.policies.actors import GaussianActor
 from tdimitation.policies.critics import ValueCritic
 from tdimitation.rl.ppo import PPO
-from tdimitation.rl.ppo_fused import lightning_blocker
 from tests.helpers import quiet_trainer as trainer
 
 
@@ -106,7 +107,7 @@ def _pair(env_id, **kwargs):
         ),
     ],
 )
-def test_fast_update_gives_the_autograd_parameters(env_id, kwargs):
+def test_fused_update_gives_the_autograd_parameters(env_id, kwargs):
     """Same minibatches, same steps: parameters, Adam state and metrics agree over rounds."""
     torch.manual_seed(0)
     fast, slow = _pair(env_id, **kwargs)
@@ -118,7 +119,7 @@ def test_fast_update_gives_the_autograd_parameters(env_id, kwargs):
         fast_metrics = fast.update(batch, fast_opt)
         torch.manual_seed(round_index)
         slow_metrics = slow.update(batch, slow_opt)
-        assert fast.update_path == "fast"
+        assert fast.update_path == "fused"
         assert slow.update_path == "autograd: fast_update=False"
         for p, q in zip(fast.parameters(), slow.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=0, atol=2e-6)
@@ -136,7 +137,7 @@ def test_fast_update_gives_the_autograd_parameters(env_id, kwargs):
     collector.shutdown()
 
 
-def test_trainer_takes_the_fast_path_and_counts_steps():
+def test_trainer_takes_the_fused_path_and_counts_steps():
     model = PPO(
         env_id="CartPole-v1",
         num_envs=2,
@@ -147,7 +148,7 @@ def test_trainer_takes_the_fast_path_and_counts_steps():
     )
     fit = trainer()
     fit.fit(model)
-    assert model.update_path == "fast"
+    assert model.update_path == "fused"
     assert model.optimizer_steps == 3 * 2 * 4  # rounds x epochs x minibatches
     assert fit.global_step == 0  # fused rounds step the torch optimizer, not Lightning's
 
@@ -198,19 +199,18 @@ def test_lightning_hooks_and_custom_backward_take_the_autograd_path():
         model.update(batch, optimizer)
         assert reason in model.update_path
     model.update(batch, torch.optim.Adam(params))  # plain (for-loop) Adam is supported
-    assert model.update_path == "fast"
+    assert model.update_path == "fused"
     collector.shutdown()
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true", "64-true"])
-def test_other_precisions_block_the_fast_path(precision):
+def test_other_precisions_block_the_fused_path(precision):
     """Only the default 32-bit plugin makes manual_backward a plain loss.backward()."""
     model = PPO(env_id="CartPole-v1", num_envs=2, n_steps=32, total_frames=64, batch_size=32)
-    optimizer = model.configure_optimizers()
     model.trainer = trainer(precision="32-true")
-    assert lightning_blocker(optimizer, model.manual_backward) is None
+    assert backward_blocker(model.manual_backward) is None
     model.trainer = trainer(precision=precision)
-    assert lightning_blocker(optimizer, model.manual_backward) == f"precision {precision}"
+    assert backward_blocker(model.manual_backward) == f"precision {precision}"
 
 
 def test_unsupported_networks_take_the_autograd_path():
@@ -273,7 +273,7 @@ def test_generator_interface_inside_another_modules_trainer():
     fit = trainer()
     generator = _Generator()
     fit.fit(generator)
-    assert generator.paths == ["fast"] * 3
+    assert generator.paths == ["fused"] * 3
     assert generator.ppo.optimizer_steps == 3 * 2 * 2  # rounds x epochs x minibatches
     fit = trainer()
     hooked = _HookedGenerator()
