@@ -287,6 +287,7 @@ class PPO(OnlineAlgorithm):
                 keys.value_target: value_target.reshape(n),
             },
             batch_size=[n],
+            device=advantage.device,
         )
 
     def _fused_update(
