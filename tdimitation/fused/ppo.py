@@ -556,7 +556,7 @@ class PPOFusedUpdate:
                 # Shape [1], not []: torch 2.13's compiled graphs dropped the in-place
                 # increment of a 0-d CPU tensor input (the step count stayed put).
                 device = adam.params[0].device
-                count = float(adam.steps[0])
+                count = adam.step_count + adam.flat_steps
                 tensors.append(torch.tensor([count], dtype=torch.float64, device=device))
                 tensors.append(torch.tensor([adam.lr], dtype=torch.float64, device=device))
             adam.flat_steps += 1  # applied by the compiled graph, written back by finish()
