@@ -50,6 +50,7 @@ __all__ = [
     "as_value_critic",
 ]
 
+_ONE_HOT = (D.OneHotCategorical, TorchRLOneHotCategorical)
 OBSERVATION = "observation"
 ACTION = "action"
 LOG_PROB = "action_log_prob"
@@ -112,6 +113,12 @@ class TorchRLPolicy(TensorDictModuleBase):
         self.in_keys = [OBSERVATION]
         self.out_keys = [ACTION, LOG_PROB]
         spec = _action_spec(actor, action_spec)
+        # Whether the actor writes one-hot rows (None: unknown until the first call).
+        self._one_hot_actions: bool | None = None
+        for sub in actor.modules():
+            cls = getattr(sub, "distribution_class", None)
+            if isinstance(cls, type):
+                self._one_hot_actions = issubclass(cls, _ONE_HOT)
         self.n_actions: int | None = None
         self.action_dim: int | None = None
         if isinstance(spec, CategoricalSpec) and not isinstance(spec, MultiCategorical):
@@ -132,7 +139,7 @@ class TorchRLPolicy(TensorDictModuleBase):
 
     @staticmethod
     def _one_hot(dist: D.Distribution) -> bool:
-        return isinstance(dist, D.OneHotCategorical | TorchRLOneHotCategorical)
+        return isinstance(dist, _ONE_HOT)
 
     @staticmethod
     def _per_sample(value: torch.Tensor, dims: int) -> torch.Tensor:
@@ -201,10 +208,12 @@ class TorchRLPolicy(TensorDictModuleBase):
         if renamed:
             tensordict.set(key, tensordict.get(OBSERVATION))
         tensordict = self.module(tensordict)
-        action = tensordict.get(ACTION)
-        if self.n_actions is not None and action.shape[-1:] == (self.n_actions,):
-            if action.dim() > tensordict.batch_dims:  # one-hot rows: the env takes indices
-                tensordict.set(ACTION, action.argmax(-1))
+        if self._one_hot_actions is None:
+            observation = tensordict.get(OBSERVATION)
+            with torch.no_grad():
+                self._one_hot_actions = self._one_hot(self.distribution(observation))
+        if self._one_hot_actions:  # one-hot rows: the env's Discrete spec takes indices
+            tensordict.set(ACTION, tensordict.get(ACTION).argmax(-1))
         if LOG_PROB not in tensordict.keys():
             with torch.no_grad():
                 flat = tensordict.reshape(-1)
@@ -344,8 +353,10 @@ class TorchRLCriticEnsemble(nn.Module):
 
 # ------------------------------------------------------------------ adaptation
 def _is_torchrl_actor(module: object) -> bool:
+    # torchrl's actors build distributions (get_dist) but score actions only through
+    # TensorDicts (their log_prob takes one); the Protocol's evaluate_actions is missing.
     return callable(getattr(module, "get_dist", None)) and not callable(
-        getattr(module, "log_prob", None)
+        getattr(module, "evaluate_actions", None)
     )
 
 
@@ -353,8 +364,8 @@ def as_actor(actor: nn.Module, action_spec: TensorSpec | None = None) -> nn.Modu
     """``actor`` itself if it already has the losses' methods, else its adapter.
 
     tdimitation's actors and :class:`TorchRLPolicy` are returned unchanged; a torchrl
-    ``ProbabilisticActor`` (a module with ``get_dist`` and no ``log_prob(observation,
-    action)``) is wrapped in a :class:`TorchRLPolicy`. Anything else (e.g. a deterministic
+    ``ProbabilisticActor`` (a module with ``get_dist`` and no ``evaluate_actions``) is
+    wrapped in a :class:`TorchRLPolicy`. Anything else (e.g. a deterministic
     ``TensorDictModule``) is returned unchanged for the loss to handle or refuse.
     """
     if isinstance(actor, TensorDictModuleBase) and _is_torchrl_actor(actor):
