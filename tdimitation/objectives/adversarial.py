@@ -118,11 +118,12 @@ class DiscriminatorLoss(LossModule, Stochastic):
     def inputs(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, ...]:
         """``(observation, action, next_observation, done)`` of a batch of transitions."""
         k = self.tensor_keys
+        # Indexing, not get(): a missing (e.g. renamed) key is a KeyError naming it.
         return (
-            tensordict.get(k.observation),
-            tensordict.get(k.action),
-            tensordict.get(k.next_observation),
-            tensordict.get(k.done),
+            tensordict[k.observation],
+            tensordict[k.action],
+            tensordict[k.next_observation],
+            tensordict[k.done],
         )
 
     def logits(
