@@ -354,3 +354,33 @@ def test_adversarial_imitation_trains_a_torchrl_ppo_generator(algorithm, cartpol
     assert not torch.equal(flat_parameters(model.reward_net), reward_start)
     assert math.isfinite(float(trainer.callback_metrics["train/gen/loss_objective"]))
     assert math.isfinite(float(trainer.callback_metrics["train/disc/accuracy"]))
+
+
+def test_dagger_trains_a_torchrl_actor_without_stored_log_probs():
+    from torchrl.modules import ProbabilisticActor
+
+    from tdimitation.algorithms import DAgger
+
+    torch.manual_seed(0)
+    # return_log_prob=False: the adapter adds action_log_prob itself when acting.
+    actor = discrete_actor(4, 2)
+    actor = ProbabilisticActor(
+        actor.module[0], in_keys=["logits"], distribution_class=torch.distributions.Categorical
+    )
+    td = TorchRLPolicy(actor)(TensorDict({"observation": torch.randn(3, 4)}, [3]))
+    assert td["action_log_prob"].shape == (3,)
+    model = DAgger(
+        "CartPole-v1",
+        expert="scripted",
+        n_rounds=1,
+        num_envs=2,
+        min_episodes=2,
+        bc_epochs=2,
+        batch_size=32,
+        seed=0,
+        policy=actor,
+    )
+    assert "policy" not in model.hparams
+    start = flat_parameters(actor)
+    quiet_trainer().fit(model)
+    assert not torch.equal(flat_parameters(actor), start)
