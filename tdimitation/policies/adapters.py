@@ -113,6 +113,9 @@ class TorchRLPolicy(TensorDictModuleBase):
         self.in_keys = [OBSERVATION]
         self.out_keys = [ACTION, LOG_PROB]
         spec = _action_spec(actor, action_spec)
+        # Declared outputs, not the keys present after a call: a collector's reused
+        # TensorDict may still hold the previous step's log-probabilities.
+        self._writes_log_prob = LOG_PROB in list(getattr(actor, "out_keys", []))
         # Whether the actor writes one-hot rows (None: unknown until the first call).
         self._one_hot_actions: bool | None = None
         for sub in actor.modules():
@@ -214,7 +217,7 @@ class TorchRLPolicy(TensorDictModuleBase):
                 self._one_hot_actions = self._one_hot(self.distribution(observation))
         if self._one_hot_actions:  # one-hot rows: the env's Discrete spec takes indices
             tensordict.set(ACTION, tensordict.get(ACTION).argmax(-1))
-        if LOG_PROB not in tensordict.keys():
+        if not self._writes_log_prob:
             with torch.no_grad():
                 flat = tensordict.reshape(-1)
                 log_prob = self.log_prob(flat.get(OBSERVATION), flat.get(ACTION))
