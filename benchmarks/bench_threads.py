@@ -89,10 +89,15 @@ def main() -> None:
                 step = f"repeat {repeat + 1}/{args.repeats} {name} {threads} threads"
                 print(f"{step}: {seconds:.2f} s")
     load = os.getloadavg()[0]
-    print(f"\ncores: {os.cpu_count()}, torch default threads: {torch.get_num_threads()}, "
-          f"1-min load at the end: {load:.2f}\n")
-    print("| fit | " + " | ".join(f"{t} thread{'s' if t > 1 else ''}" for t in args.threads)
-          + " | fastest |")
+    print(
+        f"\ncores: {os.cpu_count()}, torch default threads: {torch.get_num_threads()}, "
+        f"1-min load at the end: {load:.2f}\n"
+    )
+    print(
+        "| fit | "
+        + " | ".join(f"{t} thread{'s' if t > 1 else ''}" for t in args.threads)
+        + " | fastest |"
+    )
     print("|---|" + "---|" * (len(args.threads) + 1))
     for name in jobs:
         medians = {t: statistics.median(v) for t, v in times[name].items()}

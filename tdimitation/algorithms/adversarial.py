@@ -38,7 +38,7 @@ from tdimitation.rewards import (
     ShapedRewardNet,
     reward_payload,
 )
-from tdimitation.rl.base import OnlineAlgorithm
+from tdimitation.rl.base import OnlineAlgorithm, without_modules
 from tdimitation.rl.ppo import PPO
 from tdimitation.rl.sac import SAC
 from tdimitation.rng import randint, randperm
@@ -65,7 +65,9 @@ class AdversarialImitation(OnlineAlgorithm):
             :class:`~tdimitation.algorithms.DemonstrationData` datamodule provides them.
         generator: ``"ppo"`` or ``"sac"``.
         generator_kwargs: constructor arguments of the generator (its env settings,
-            budget and seed are this module's).
+            budget and seed are this module's). They may hold networks, e.g. torchrl modules
+            as PPO's ``actor``/``critic`` or SAC's ``actor``/``qvalue``; those are kept out
+            of the hyperparameters, so pass them again to ``load_from_checkpoint``.
         num_envs: sub-envs stepped together.
         total_frames: budget of generator environment frames.
         seed: seed of envs, networks and RNGs.
@@ -155,6 +157,8 @@ class AdversarialImitation(OnlineAlgorithm):
         if bc_warmstart_epochs < 0:
             raise ValueError(f"bc_warmstart_epochs must be >= 0, got {bc_warmstart_epochs}")
         self.save_hyperparameters(ignore=["demonstrations"])
+        # Networks given to the generator (its actor, critic) are not hyperparameters.
+        self.hparams["generator_kwargs"] = without_modules(generator_kwargs)
         gen.env.close()  # the generator collects through this module's env
         self.generator = gen
         with seeded(None if seed is None else seed + 1):
@@ -450,7 +454,7 @@ def build_generator(cls: type[OnlineAlgorithm], **kwargs: Any) -> OnlineAlgorith
     bound = inspect.signature(cls).bind(**kwargs)
     bound.apply_defaults()
     generator.hparams.clear()
-    generator.hparams.update(bound.arguments)
+    generator.hparams.update(without_modules(bound.arguments))
     return generator
 
 

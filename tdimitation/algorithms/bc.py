@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModuleBase
 from torch.utils.data import DataLoader, IterableDataset
 
 from tdimitation.callbacks import FitThreads
@@ -21,6 +22,7 @@ from tdimitation.fused import FirstMinibatchCheck, FusedOptions, FusedUpdate, fu
 from tdimitation.fused.lightning import module_step_blocker, unwrap_optimizer
 from tdimitation.objectives.bc import BCLoss
 from tdimitation.policies.actors import build_actor
+from tdimitation.policies.adapters import as_actor
 from tdimitation.utils import attached_trainer, plain_backward, seeded
 
 
@@ -213,6 +215,13 @@ class BC(FitThreads, L.LightningModule):
             ``l2_weight``).
         ent_weight: entropy bonus weight.
         l2_weight: L2 penalty weight (½ Σ ||θ||²).
+        policy: the policy to train instead of a new MLP actor: a torchrl
+            ``ProbabilisticActor`` (wrapped in a
+            :class:`~tdimitation.policies.adapters.TorchRLPolicy`; :attr:`policy` is the
+            wrapper, ``policy.module`` yours) or any module the loss accepts. Not a
+            hyperparameter: pass it again to ``load_from_checkpoint``. ``hidden_sizes``,
+            ``activation`` and ``policy_kind`` are then unused, and the checkpoint's
+            exported-policy entry is empty (the weights are in its state dict).
         hidden_sizes: policy MLP widths.
         activation: activation name.
         policy_kind: ``"auto"``, ``"categorical"``, ``"gaussian"``, ``"tanh_normal"``.
@@ -248,6 +257,7 @@ class BC(FitThreads, L.LightningModule):
         env_kwargs: dict[str, Any] | None = None,
         fixed_horizon: int | None = None,
         fast_updates: bool = True,
+        policy: TensorDictModuleBase | None = None,
     ) -> None:
         # A user's env class or factory is kept as its "module:Name" entry point, so
         # hyperparameters stay strings and checkpoints load with weights_only=True.
@@ -265,14 +275,17 @@ class BC(FitThreads, L.LightningModule):
                 "l2_weight, which adds l2_weight * ½ Σ ||θ||² to the loss"
             )
         # Subclasses' constructor frames are collected too; policy objects are not hparams.
-        self.save_hyperparameters(ignore=["expert_policy"])
+        self.save_hyperparameters(ignore=["expert_policy", "policy"])
         self.automatic_optimization = False
         self.env = make_env(env_id, seed=seed, env_kwargs=env_kwargs, fixed_horizon=fixed_horizon)
         # Initial weights from ``seed``, not from the global RNG's state: runs repeat.
-        with seeded(seed):
-            self.policy = build_actor(
-                self.env, kind=policy_kind, hidden_sizes=hidden_sizes, activation=activation
-            )
+        if policy is not None:
+            self.policy = as_actor(policy, self.env.full_action_spec_unbatched["action"])
+        else:
+            with seeded(seed):
+                self.policy = build_actor(
+                    self.env, kind=policy_kind, hidden_sizes=hidden_sizes, activation=activation
+                )
         self.loss_module = BCLoss(self.policy, ent_weight=ent_weight, l2_weight=l2_weight)
         self._fused_check = FirstMinibatchCheck()
         #: Which path the last block took: ``"fused"`` or ``"autograd: <reason>"``.
@@ -452,12 +465,12 @@ class BC(FitThreads, L.LightningModule):
         return self.hparams.env_id
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from tdimitation.policies.registry import policy_payload
+        from tdimitation.policies.registry import checkpoint_policy_entry
 
-        checkpoint["tdimitation"] = {
-            "batches_done": self.batches_done,
-            "policy": policy_payload(self.policy),
-        }
+        policy, not_saved = checkpoint_policy_entry(self.policy)
+        checkpoint["tdimitation"] = {"batches_done": self.batches_done, "policy": policy}
+        if not_saved is not None:
+            checkpoint["tdimitation"]["policy_not_saved"] = not_saved
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.batches_done = int(checkpoint["tdimitation"]["batches_done"])

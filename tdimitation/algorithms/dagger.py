@@ -278,7 +278,7 @@ class DAgger(BC):
         super().__init__(env_id, n_epochs=bc_epochs, **bc_kwargs)
         # BC recorded its own n_epochs, which DAgger sets from bc_epochs: left in the
         # hyperparameters, load_from_checkpoint would pass it twice to BC.__init__.
-        self.save_hyperparameters(ignore=["expert_policy", "n_epochs", "n_batches"])
+        self.save_hyperparameters(ignore=["expert_policy", "n_epochs", "n_batches", "policy"])
         self.hparams["beta_schedule"] = beta_schedule  # LightningCLI passes its own copy
         self._schedule = schedule
         if expert == "interactive" and expert_policy is None:

@@ -26,7 +26,7 @@ from tdimitation.algorithms.adversarial import build_component
 from tdimitation.data.trajectory import check_matches_env, check_trajectories
 from tdimitation.envs import as_env_id
 from tdimitation.errors import ReplayBufferError, SpaceMismatchError, TrajectoryError
-from tdimitation.rl.base import TRANSITION_KEYS, OnlineAlgorithm
+from tdimitation.rl.base import TRANSITION_KEYS, OnlineAlgorithm, without_modules
 from tdimitation.rl.dqn import DQN
 from tdimitation.rl.sac import SAC
 
@@ -114,6 +114,8 @@ class SQIL(OnlineAlgorithm):
             env_kwargs=env_kwargs,
         )
         self.save_hyperparameters(ignore=["demonstrations"])
+        # Networks given to the agent are not hyperparameters.
+        self.hparams["agent_kwargs"] = without_modules(self.hparams.get("agent_kwargs"))
         self.batch_size = int(rl.hparams["batch_size"])
         if self.batch_size % 2:
             raise ValueError(

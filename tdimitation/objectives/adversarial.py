@@ -28,6 +28,7 @@ from torch import nn
 from torchrl.objectives import LossModule
 
 from tdimitation.errors import LossError
+from tdimitation.policies.adapters import as_actor
 from tdimitation.rewards.nets import evaluating
 from tdimitation.rng import Stochastic, uniform
 
@@ -117,11 +118,12 @@ class DiscriminatorLoss(LossModule, Stochastic):
     def inputs(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, ...]:
         """``(observation, action, next_observation, done)`` of a batch of transitions."""
         k = self.tensor_keys
+        # Indexing, not get(): a missing (e.g. renamed) key is a KeyError naming it.
         return (
-            tensordict.get(k.observation),
-            tensordict.get(k.action),
-            tensordict.get(k.next_observation),
-            tensordict.get(k.done),
+            tensordict[k.observation],
+            tensordict[k.action],
+            tensordict[k.next_observation],
+            tensordict[k.done],
         )
 
     def logits(
@@ -232,7 +234,9 @@ class AIRLDiscriminatorLoss(DiscriminatorLoss):
 
     Args:
         reward_net: the reward network ``f``.
-        policy: the generator policy; must have ``log_prob(observation, action)``.
+        policy: the generator policy, read through
+            :class:`~tdimitation.objectives.protocols.ActionEvaluator` (``log_prob``): a
+            tdimitation actor, or a torchrl ``ProbabilisticActor`` (adapted here).
         gradient_penalty: weight of the gradient penalty (see :class:`DiscriminatorLoss`).
         generator_reward_type: ``"f"`` (as ``imitation``) or ``"logit"`` (``f - log pi``,
             the paper's reward, an entropy-regularised objective).
@@ -256,6 +260,7 @@ class AIRLDiscriminatorLoss(DiscriminatorLoss):
             )
         super().__init__(reward_net, gradient_penalty=gradient_penalty)
         self.generator_reward_type = generator_reward_type
+        policy = as_actor(policy)
         if not callable(getattr(policy, "log_prob", None)):
             raise LossError(
                 f"AIRL needs a generator policy with log-probabilities (log_prob(observation, "

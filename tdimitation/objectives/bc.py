@@ -17,16 +17,24 @@ from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torchrl.objectives import LossModule
 
+from tdimitation.errors import PolicyError
+from tdimitation.policies.adapters import as_actor
+
 
 class BCLoss(LossModule):
     """Negative log-likelihood of expert actions, entropy bonus and L2 penalty.
 
     ``loss = neglogp - ent_weight * entropy + l2_weight * l2_norm`` with
-    ``l2_norm = ½ Σ ||θ||²`` over the policy's parameters. Stochastic policies need
-    ``evaluate_actions(observation, action) -> (log_prob, entropy)`` (tdimitation's
-    categorical and Gaussian actors; for squashed Gaussians the entropy is estimated from a
-    sample). Policies without it are treated as deterministic: ``neglogp`` is then the mean
-    squared error between the policy's action and the expert's, and the entropy is 0.
+    ``l2_norm = ½ Σ ||θ||²`` over the policy's parameters. Stochastic policies are read
+    through :class:`~tdimitation.objectives.protocols.ActionEvaluator`
+    (``evaluate_actions(observation, action) -> (log_prob, entropy)``): tdimitation's
+    categorical and Gaussian actors, and torchrl ``ProbabilisticActor`` modules, which the
+    constructor wraps in a :class:`~tdimitation.policies.adapters.TorchRLPolicy` (the
+    wrapped module keeps its parameters; ``loss.policy.module`` is yours). For squashed
+    Gaussians the entropy is estimated from a sample. Other policies are treated as
+    deterministic: ``neglogp`` is then the squared error between the policy's (float)
+    action and the expert's, and the entropy is 0; discrete deterministic policies are
+    refused (an index has no gradient).
 
     Returns (``forward``/``loss_tensors``): ``loss``, ``neglogp``, ``entropy``,
     ``ent_loss``, ``prob_true_act`` (mean probability, or density, of the expert action),
@@ -35,7 +43,8 @@ class BCLoss(LossModule):
     Keys (``set_keys``): ``observation``, ``action`` (the expert's action).
 
     Args:
-        policy: the policy being trained.
+        policy: the policy being trained (tdimitation actor, torchrl ``ProbabilisticActor``
+            or a deterministic TensorDict module).
         ent_weight: weight of the entropy bonus.
         l2_weight: weight of the L2 penalty (use this instead of an optimizer's
             ``weight_decay``, which Adam couples to the gradient scale).
@@ -53,7 +62,7 @@ class BCLoss(LossModule):
         self, policy: TensorDictModuleBase, *, ent_weight: float = 1e-3, l2_weight: float = 0.0
     ) -> None:
         super().__init__()
-        self.policy = policy
+        self.policy = as_actor(policy)
         self.ent_weight = float(ent_weight)
         self.l2_weight = float(l2_weight)
         self._tensor_keys = self._AcceptedKeys()
@@ -99,6 +108,12 @@ class BCLoss(LossModule):
         else:
             td = TensorDict({"observation": observation}, batch_size=observation.shape[:1])
             predicted = self.policy(td)["action"]
+            if not predicted.is_floating_point():
+                raise PolicyError(
+                    f"BC cannot regress onto the discrete actions of the deterministic "
+                    f"{type(self.policy).__name__}: use a stochastic policy (a torchrl "
+                    "ProbabilisticActor with a Categorical distribution, or CategoricalActor)"
+                )
             # Regression onto the expert's action: squared error summed over action dims.
             error = (predicted - action).pow(2).reshape(observation.shape[0], -1)
             neglogp = error.sum(-1).mean()

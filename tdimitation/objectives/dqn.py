@@ -19,6 +19,7 @@ from torchrl.objectives import LossModule
 
 from tdimitation.nn import mlp_forward
 from tdimitation.policies.actors import QValueActor
+from tdimitation.policies.adapters import as_q_network
 
 __all__ = ["QLearningLoss"]
 
@@ -34,10 +35,15 @@ class QLearningLoss(LossModule):
     ``Q(s, a)`` and ``y``, averaged over the batch. Truncated episodes keep bootstrapping:
     only ``("next", "terminated")`` stops it.
 
-    The target network is a frozen copy of the value network's MLP
-    (``value_network.net``); it reads the *online* network's observation normaliser, so
-    both networks always see identically normalised inputs. :meth:`update_target` copies
-    (``tau=1``) or Polyak-averages (``tau<1``) the online weights into it.
+    For tdimitation's :class:`~tdimitation.policies.QValueActor` the target network is a
+    frozen copy of its MLP (``value_network.net``) that reads the *online* network's
+    observation normaliser, so both networks always see identically normalised inputs.
+    Other Q-networks are read through
+    :class:`~tdimitation.objectives.protocols.ActionValueNetwork` (``q_values``); a torchrl
+    module writing ``action_value`` (a ``ValueOperator`` or ``QValueActor``) is wrapped by the
+    constructor in a :class:`~tdimitation.policies.adapters.TorchRLQValues`, and the target
+    is a frozen copy of the whole network. :meth:`update_target` copies (``tau=1``) or
+    Polyak-averages (``tau<1``) the online weights into the target.
 
     Reads ``observation``, ``action``, ``("next", "observation")``, ``("next", "reward")``
     and ``("next", "terminated")`` (rename with :meth:`set_keys`); writes ``loss`` and
@@ -45,7 +51,8 @@ class QLearningLoss(LossModule):
     calls on every minibatch; :meth:`loss_from_tensors` computes the same from tensors.
 
     Args:
-        value_network: the online Q-network (a :class:`~tdimitation.policies.QValueActor`).
+        value_network: the online Q-network (a :class:`~tdimitation.policies.QValueActor`,
+            a torchrl Q-value module, or anything with ``q_values(observation)``).
         gamma: discount factor.
         double_dqn: choose the bootstrap action with the online network (van Hasselt et
             al., 2016) instead of the target network.
@@ -74,7 +81,7 @@ class QLearningLoss(LossModule):
 
     def __init__(
         self,
-        value_network: QValueActor,
+        value_network: QValueActor | torch.nn.Module,
         *,
         gamma: float = 0.99,
         double_dqn: bool = False,
@@ -85,8 +92,12 @@ class QLearningLoss(LossModule):
             raise ValueError(
                 f"loss_function must be one of {_LOSS_FUNCTIONS}, got {loss_function!r}"
             )
+        value_network = as_q_network(value_network)
         self.value_network = value_network
-        self.target_net = copy.deepcopy(value_network.net).requires_grad_(False)
+        # QValueActor: copy only its MLP (the target shares the online normaliser).
+        self._mlp_target = isinstance(value_network, QValueActor)
+        online = value_network.net if self._mlp_target else value_network
+        self.target_net = copy.deepcopy(online).requires_grad_(False)
         self.gamma = float(gamma)
         self.double_dqn = bool(double_dqn)
         self.loss_function = loss_function
@@ -108,6 +119,8 @@ class QLearningLoss(LossModule):
 
     def target_q_values(self, next_observation: torch.Tensor) -> torch.Tensor:
         """Target-network Q-values of ``next_observation`` (online normaliser statistics)."""
+        if not self._mlp_target:
+            return self.target_net.q_values(next_observation)
         return mlp_forward(self.target_net, self.value_network.features(next_observation))
 
     @torch.no_grad()
@@ -160,7 +173,8 @@ class QLearningLoss(LossModule):
     @torch.no_grad()
     def update_target(self, tau: float = 1.0) -> None:
         """Copy (``tau >= 1``) or Polyak-average (``target += tau * (online - target)``)."""
-        online = self.value_network.net.parameters()
+        network = self.value_network
+        online = (network.net if self._mlp_target else network).parameters()
         for target_p, online_p in zip(self.target_net.parameters(), online, strict=True):
             if tau >= 1.0:
                 target_p.copy_(online_p)

@@ -20,23 +20,33 @@ from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torchrl.objectives import LossModule
 
+from tdimitation.policies.adapters import as_actor, as_value_critic
+
 
 class PPOClipLoss(LossModule):
     """Clipped surrogate policy loss, squared-error value loss and entropy bonus.
 
     ``forward(td)`` reads the keys below from a TensorDict and returns ``loss_objective``,
     ``loss_critic``, ``loss_entropy`` (sum them to train) and the diagnostics
-    ``entropy``, ``kl_approx``, ``clip_fraction``. The actor must also have
-    ``log_prob(observation, action)``. :meth:`loss_tensors` computes the same
+    ``entropy``, ``kl_approx``, ``clip_fraction``. :meth:`loss_tensors` computes the same
     from tensors, for training loops that index minibatches as tensors.
+
+    The networks are read through
+    :class:`~tdimitation.objectives.protocols.ActionEvaluator` (actor) and
+    :class:`~tdimitation.objectives.protocols.StateValueCritic` (critic). Pass
+    tdimitation's ``CategoricalActor``/``GaussianActor`` and ``ValueCritic``, or torchrl's
+    own ``ProbabilisticActor`` and ``ValueOperator`` as you would to ``ClipPPOLoss``: the
+    constructor wraps those in :class:`~tdimitation.policies.adapters.TorchRLPolicy` and
+    :class:`~tdimitation.policies.adapters.TorchRLValue` (``loss.actor.module`` is the
+    module you passed; parameters are shared, not copied).
 
     Keys (``set_keys``): ``observation``, ``action``, ``sample_log_prob``
     (``"action_log_prob"``), ``advantage``, ``value_target``.
 
     Args:
-        actor: a policy with ``evaluate_actions(observation, action) -> (log_prob,
-            entropy)`` (tdimitation's ``CategoricalActor`` / ``GaussianActor``).
-        critic: a module with ``value(observation) -> [..., 1]`` (``ValueCritic``).
+        actor: the policy: an ``ActionEvaluator`` or a torchrl ``ProbabilisticActor``.
+        critic: the state-value critic: a ``StateValueCritic`` or a torchrl
+            ``ValueOperator``.
         clip_epsilon: PPO clip range.
         vf_coef: weight of the value loss.
         ent_coef: weight of the entropy bonus.
@@ -65,8 +75,8 @@ class PPOClipLoss(LossModule):
         normalize_advantage: bool = True,
     ) -> None:
         super().__init__()
-        self.actor = actor
-        self.critic = critic
+        self.actor = as_actor(actor)
+        self.critic = as_value_critic(critic)
         self.clip_epsilon = float(clip_epsilon)
         self.vf_coef = float(vf_coef)
         self.ent_coef = float(ent_coef)

@@ -32,9 +32,10 @@ from tensordict import NestedKey, TensorDict, TensorDictBase
 from torch import nn
 from torchrl.objectives import LossModule
 
-from tdimitation.errors import PolicyError
+from tdimitation.errors import LossError, PolicyError
 from tdimitation.nn import ACTIVATIONS
-from tdimitation.policies.actors import CategoricalActor, TanhNormalActor
+from tdimitation.policies.actors import CategoricalActor
+from tdimitation.policies.adapters import as_actor, as_critic_ensemble
 
 __all__ = [
     "DiscreteSoftActorCriticLoss",
@@ -143,7 +144,7 @@ class _SoftActorCriticBase(LossModule):
     def __init__(
         self,
         actor: nn.Module,
-        qvalue: EnsembleMLP,
+        qvalue: nn.Module,
         *,
         gamma: float,
         alpha_init: float,
@@ -163,7 +164,11 @@ class _SoftActorCriticBase(LossModule):
                 f"the initial entropy coefficient must be > 0 (>= 0 when fixed), got {alpha_init}"
             )
         self.actor_network = actor
-        self.qvalue_network = qvalue
+        # tdimitation's EnsembleMLP reads [features, rescaled action] in one batched call;
+        # other critics are read through the CriticEnsemble protocol (adapted if torchrl's).
+        self._mlp_critics = isinstance(qvalue, EnsembleMLP)
+        self.qvalue_network = qvalue if self._mlp_critics else as_critic_ensemble(qvalue)
+        qvalue = self.qvalue_network
         # The leading underscore keeps the target out of LossModule.parameters().
         self._target_qvalue_network = copy.deepcopy(qvalue).requires_grad_(False)
         self.gamma = float(gamma)
@@ -178,7 +183,7 @@ class _SoftActorCriticBase(LossModule):
         self._set_in_keys()
 
     @property
-    def target_qvalue_network(self) -> EnsembleMLP:
+    def target_qvalue_network(self) -> nn.Module:
         """The polyak-averaged copy of the critics used for bootstrap targets."""
         return self._target_qvalue_network
 
@@ -255,25 +260,36 @@ class SoftActorCriticLoss(_SoftActorCriticBase):
     ``d`` is the squared error for ``loss_function="l2"`` (torchrl's ``SACLoss`` convention:
     summed over critics, no factor 1/2). The critics read the actor's normalised
     observations (its ``obs_norm``, if any) and actions rescaled to [-1, 1], so they do not
-    depend on the env's action units. Inputs: ``observation``, ``action``,
+    depend on the env's action units. Other critics (a torchrl ``ValueOperator`` reading
+    ``observation`` and ``action``, a list of them, or any
+    :class:`~tdimitation.objectives.protocols.CriticEnsemble`) read raw observations and
+    actions, as in torchrl's ``SACLoss``; one ``ValueOperator`` is copied into two critics.
+    The actor is read through
+    :class:`~tdimitation.objectives.protocols.ReparameterizedActor`: tdimitation's
+    ``TanhNormalActor``, or a torchrl ``ProbabilisticActor`` with a ``TanhNormal``
+    distribution, which the constructor wraps in a
+    :class:`~tdimitation.policies.adapters.TorchRLPolicy`. Inputs: ``observation``, ``action``,
     ``("next", "reward")``, ``("next", "terminated")``, ``("next", "observation")``;
     rename them with ``set_keys``. Target networks are updated by
     :meth:`update_target_networks` (no torchrl ``SoftUpdate`` needed).
 
     Args:
-        actor: a :class:`~tdimitation.policies.TanhNormalActor`.
-        qvalue: critics, an :class:`EnsembleMLP` over ``[obs, action]`` with one output.
+        actor: a :class:`~tdimitation.policies.TanhNormalActor` or a torchrl
+            ``ProbabilisticActor`` with reparameterised samples.
+        qvalue: critics, an :class:`EnsembleMLP` over ``[obs, action]`` with one output, or
+            torchrl ``ValueOperator`` modules (see above).
         gamma: discount factor.
         alpha_init: initial entropy coefficient.
         fixed_alpha: keep the coefficient fixed instead of learning it.
-        target_entropy: entropy the learned coefficient aims for (default ``-dim(A)``).
+        target_entropy: entropy the learned coefficient aims for (default ``-dim(A)``;
+            needed for a torchrl actor that carries no action spec).
         loss_function: critic distance, ``"l2"``, ``"smooth_l1"`` or ``"l1"``.
     """
 
     def __init__(
         self,
-        actor: TanhNormalActor,
-        qvalue: EnsembleMLP,
+        actor: nn.Module,
+        qvalue: nn.Module,
         *,
         gamma: float = 0.99,
         alpha_init: float = 1.0,
@@ -281,22 +297,53 @@ class SoftActorCriticLoss(_SoftActorCriticBase):
         target_entropy: float | None = None,
         loss_function: str = "l2",
     ) -> None:
-        if not isinstance(actor, TanhNormalActor):
-            raise PolicyError(f"SoftActorCriticLoss needs a TanhNormalActor, got {type(actor)}")
-        action_dim = int(actor.action_scale.numel())
+        actor = as_actor(actor)
+        if not (
+            callable(getattr(actor, "sample", None)) and callable(getattr(actor, "features", None))
+        ):
+            raise PolicyError(
+                f"SoftActorCriticLoss needs an actor with reparameterised samples "
+                f"(TanhNormalActor or a torchrl ProbabilisticActor), got {type(actor).__name__}"
+            )
+        if target_entropy is None:
+            scale = getattr(actor, "action_scale", None)
+            action_dim = scale.numel() if scale is not None else getattr(actor, "action_dim", None)
+            if action_dim is None:
+                raise LossError(
+                    "the default target entropy is -dim(A), and this actor does not know its "
+                    "action space: pass target_entropy= or give the ProbabilisticActor a spec"
+                )
+            target_entropy = -float(action_dim)
         super().__init__(
             actor,
             qvalue,
             gamma=gamma,
             alpha_init=alpha_init,
             fixed_alpha=fixed_alpha,
-            target_entropy=-float(action_dim) if target_entropy is None else target_entropy,
+            target_entropy=target_entropy,
             loss_function=loss_function,
         )
 
     def _critic_input(self, features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         actor = self.actor_network
-        return torch.cat([features, (action - actor.action_bias) / actor.action_scale], -1)
+        scale = getattr(actor, "action_scale", None)
+        if scale is not None:
+            action = (action - actor.action_bias) / scale
+        return torch.cat([features, action], -1)
+
+    def _critic_values(
+        self,
+        critics: nn.Module,
+        features: torch.Tensor,
+        observation: torch.Tensor,
+        action: torch.Tensor,
+        detach_params: bool = False,
+    ) -> torch.Tensor:
+        """``Q_i(s, a)`` ``[n, B]`` of ``critics`` (the online or the target ensemble)."""
+        if self._mlp_critics:
+            critic_input = self._critic_input(features, action)
+            return critics(critic_input, detach_params=detach_params).squeeze(-1)
+        return critics.state_action_values(observation, action, detach_params)
 
     def compute(
         self,
@@ -314,18 +361,21 @@ class SoftActorCriticLoss(_SoftActorCriticBase):
         # Target first, then the actor sample: the same RNG order as torchrl's SACLoss.
         with torch.no_grad():
             next_action, next_log_prob = actor.sample(next_observation)
-            q_next = self._target_qvalue_network(
-                self._critic_input(actor.features(next_observation), next_action)
-            ).squeeze(-1)
+            q_next = self._critic_values(
+                self._target_qvalue_network,
+                actor.features(next_observation),
+                next_observation,
+                next_action,
+            )
             next_value = q_next.min(0).values - alpha * next_log_prob
             target = reward + self.gamma * not_done * next_value
-        q = self.qvalue_network(self._critic_input(features, action)).squeeze(-1)
+        q = self._critic_values(self.qvalue_network, features, observation, action)
         loss_qvalue = _distance(q, target.expand_as(q), self.loss_function).sum(0).mean()
 
         new_action, log_prob = actor.sample(observation)
-        q_new = self.qvalue_network(
-            self._critic_input(features, new_action), detach_params=True
-        ).squeeze(-1)
+        q_new = self._critic_values(
+            self.qvalue_network, features, observation, new_action, detach_params=True
+        )
         loss_actor = (alpha * log_prob - q_new.min(0).values).mean()
         return {
             "loss_actor": loss_actor,
@@ -349,11 +399,18 @@ class DiscreteSoftActorCriticLoss(_SoftActorCriticBase):
 
     The quantities of torchrl's ``DiscreteSACLoss``; the default target entropy is its
     ``0.98 * log(n_actions)``. Same keys as :class:`SoftActorCriticLoss` (actions are int64
-    indices).
+    indices). The actor is read through
+    :class:`~tdimitation.objectives.protocols.CategoricalPolicy` (tdimitation's
+    ``CategoricalActor``, or a torchrl ``ProbabilisticActor`` with a ``Categorical`` or
+    ``OneHotCategorical`` distribution, adapted by the constructor); critics other than an
+    :class:`EnsembleMLP` (torchrl ``ValueOperator`` modules writing ``Q(s, .)``) read raw
+    observations.
 
     Args:
-        actor: a :class:`~tdimitation.policies.CategoricalActor`.
-        qvalue: critics, an :class:`EnsembleMLP` over observations with ``n_actions`` outputs.
+        actor: a :class:`~tdimitation.policies.CategoricalActor` or a torchrl categorical
+            ``ProbabilisticActor``.
+        qvalue: critics, an :class:`EnsembleMLP` over observations with ``n_actions``
+            outputs, or torchrl ``ValueOperator`` modules.
         gamma: discount factor.
         alpha_init: initial entropy coefficient.
         fixed_alpha: keep the coefficient fixed instead of learning it.
@@ -365,8 +422,8 @@ class DiscreteSoftActorCriticLoss(_SoftActorCriticBase):
 
     def __init__(
         self,
-        actor: CategoricalActor,
-        qvalue: EnsembleMLP,
+        actor: nn.Module,
+        qvalue: nn.Module,
         *,
         gamma: float = 0.99,
         alpha_init: float = 1.0,
@@ -375,13 +432,25 @@ class DiscreteSoftActorCriticLoss(_SoftActorCriticBase):
         target_entropy_weight: float = 0.98,
         loss_function: str = "l2",
     ) -> None:
-        if not isinstance(actor, CategoricalActor):
+        actor = as_actor(actor)
+        if not (
+            callable(getattr(actor, "logits", None)) and callable(getattr(actor, "features", None))
+        ):
             raise PolicyError(
-                f"DiscreteSoftActorCriticLoss needs a CategoricalActor, got {type(actor)}"
+                "DiscreteSoftActorCriticLoss needs a categorical actor (CategoricalActor or a "
+                f"torchrl ProbabilisticActor), got {type(actor).__name__}"
             )
-        n_actions = int(actor.config["n_actions"])
         if target_entropy is None:
-            target_entropy = target_entropy_weight * math.log(n_actions)
+            if isinstance(actor, CategoricalActor):
+                n_actions = actor.config["n_actions"]
+            else:
+                n_actions = getattr(actor, "n_actions", None)
+            if n_actions is None:
+                raise LossError(
+                    "the default target entropy needs the number of actions, which this actor "
+                    "does not know: pass target_entropy= or give the ProbabilisticActor a spec"
+                )
+            target_entropy = target_entropy_weight * math.log(int(n_actions))
         super().__init__(
             actor,
             qvalue,
@@ -391,6 +460,14 @@ class DiscreteSoftActorCriticLoss(_SoftActorCriticBase):
             target_entropy=target_entropy,
             loss_function=loss_function,
         )
+
+    def _critic_all(
+        self, critics: nn.Module, features: torch.Tensor, observation: torch.Tensor
+    ) -> torch.Tensor:
+        """``Q_i(s, .)`` ``[n, B, A]`` of ``critics`` (the online or the target ensemble)."""
+        if self._mlp_critics:
+            return critics(features)
+        return critics.action_values(observation)
 
     def compute(
         self,
@@ -406,11 +483,15 @@ class DiscreteSoftActorCriticLoss(_SoftActorCriticBase):
         not_done = 1.0 - terminated.reshape(-1).to(reward.dtype)
         with torch.no_grad():
             next_log_p = torch.log_softmax(actor.logits(next_observation), -1)
-            q_next = self._target_qvalue_network(actor.features(next_observation))
+            q_next = self._critic_all(
+                self._target_qvalue_network, actor.features(next_observation), next_observation
+            )
             soft_q = q_next.min(0).values - alpha * next_log_p
             next_value = (next_log_p.exp() * soft_q).sum(-1)
             target = reward + self.gamma * not_done * next_value
-        q_all = self.qvalue_network(actor.features(observation))  # [n, B, A]
+        q_all = self._critic_all(
+            self.qvalue_network, actor.features(observation), observation
+        )  # [n, B, A]
         index = action.long().reshape(1, -1, 1).expand(q_all.shape[0], -1, 1)
         q = q_all.gather(-1, index).squeeze(-1)
         loss_qvalue = _distance(q, target.expand_as(q), self.loss_function).sum(0).mean()

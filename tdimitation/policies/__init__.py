@@ -8,6 +8,12 @@ from tdimitation.policies.actors import (
     TanhNormalActor,
     build_actor,
 )
+from tdimitation.policies.adapters import (
+    TorchRLCriticEnsemble,
+    TorchRLPolicy,
+    TorchRLQValues,
+    TorchRLValue,
+)
 from tdimitation.policies.base import (
     CallablePolicy,
     FunctionPolicy,
@@ -31,6 +37,10 @@ __all__ = [
     "QValueActor",
     "TanhNormalActor",
     "build_actor",
+    "TorchRLCriticEnsemble",
+    "TorchRLPolicy",
+    "TorchRLQValues",
+    "TorchRLValue",
     "CallablePolicy",
     "FunctionPolicy",
     "RandomPolicy",

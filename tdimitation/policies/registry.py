@@ -53,6 +53,17 @@ def policy_payload(policy: TensorDictModuleBase) -> dict:
     }
 
 
+def checkpoint_policy_entry(policy: TensorDictModuleBase) -> tuple[dict | None, str | None]:
+    """What a training checkpoint stores as its exported policy: ``(payload, None)``, or
+    ``(None, reason)`` for policies the file format cannot hold (e.g. torchrl modules,
+    which are saved in the checkpoint's state dict instead).
+    """
+    try:
+        return policy_payload(policy), None
+    except PolicyError as err:
+        return None, str(err)
+
+
 def save_policy(policy: TensorDictModuleBase, path: str | os.PathLike) -> Path:
     """Save an MLP actor: its class, constructor arguments and state dict.
 
@@ -105,7 +116,13 @@ def _load_tdimitation(path: str | os.PathLike | None, env=None, **_) -> TensorDi
         ) from None
     if isinstance(payload, dict) and "tdimitation" in payload and "state_dict" in payload:
         # A training checkpoint: its exported policy is stored beside the run's state.
-        payload = payload["tdimitation"].get("policy")
+        state = payload["tdimitation"]
+        payload = state.get("policy")
+        if payload is None and state.get("policy_not_saved"):
+            raise PolicyError(
+                f"{path} holds no exported policy ({state['policy_not_saved']}); load the "
+                "algorithm with load_from_checkpoint and use its export_policy()"
+            )
     if not isinstance(payload, dict) or payload.get("format") != POLICY_FILE_FORMAT:
         raise PolicyError(
             f"{path} is neither a tdimitation policy file nor a training checkpoint with a "

@@ -37,7 +37,7 @@ from torchrl.data import LazyTensorStorage, ReplayBuffer, TensorDictReplayBuffer
 from tdimitation.callbacks import FitThreads
 from tdimitation.data.collector import VecCollector
 from tdimitation.envs import GymVecEnv, make_env
-from tdimitation.policies.registry import policy_payload
+from tdimitation.policies.registry import checkpoint_policy_entry
 from tdimitation.rng import attach_rng, make_rng, stochastic_modules
 
 
@@ -66,6 +66,26 @@ TRANSITION_KEYS: tuple = (
     # Not used by the RL losses; learned rewards (AIRL's shaping) read it when relabelling.
     ("next", "done"),
 )
+
+
+def without_modules(kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``kwargs`` without network objects (modules, or lists of them), for ``hparams``.
+
+    Modules passed to a driven algorithm (``generator_kwargs={"actor": ...}``) cannot be
+    hyperparameters: checkpoints load with ``weights_only=True``, and their weights are in
+    the state dict anyway. Pass them again to ``load_from_checkpoint``.
+    """
+    if kwargs is None:
+        return None
+
+    def is_network(value: Any) -> bool:
+        if isinstance(value, torch.nn.Module):
+            return True
+        return isinstance(value, list | tuple) and any(
+            isinstance(v, torch.nn.Module) for v in value
+        )
+
+    return {k: v for k, v in kwargs.items() if not is_network(v)}
 
 
 def identity_collate(batch):
@@ -329,6 +349,7 @@ class OnlineAlgorithm(FitThreads, L.LightningModule):
         return {}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        policy, not_saved = checkpoint_policy_entry(self.export_policy())
         checkpoint["tdimitation"] = {
             "frames": self.frames,
             "optimizer_steps": self.optimizer_steps,
@@ -343,9 +364,12 @@ class OnlineAlgorithm(FitThreads, L.LightningModule):
                 "sampling": [m.sampling_state() for m in stochastic_modules(self)],
             },
             "buffers": {name: buffer_state(rb) for name, rb in self.replay_buffers().items()},
-            # The exported policy, so load_policy("tdimitation", "last.ckpt") works.
-            "policy": policy_payload(self.export_policy()),
+            # The exported policy, so load_policy("tdimitation", "last.ckpt") works (None,
+            # with the reason, for modules the policy file format cannot hold).
+            "policy": policy,
         }
+        if not_saved is not None:
+            checkpoint["tdimitation"]["policy_not_saved"] = not_saved
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("tdimitation")

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModuleBase
 
 from tdimitation.envs import as_env_id
 from tdimitation.fused import FirstMinibatchCheck, FusedOptions, FusedUpdate, fused_update_for, gae
@@ -18,6 +19,7 @@ from tdimitation.policies.actors import (
     build_actor,
     observation_width,
 )
+from tdimitation.policies.adapters import as_actor, as_value_critic
 from tdimitation.policies.critics import ValueCritic
 from tdimitation.rl.base import OnlineAlgorithm
 from tdimitation.rng import randperm
@@ -88,6 +90,18 @@ class PPO(OnlineAlgorithm):
             kernels; on the autograd path, the loss. Pays a one-off compilation of ~20 s on
             CPU, worth it on long runs.
         fast_update: use the fused update when exact (see above).
+        actor: the policy to train instead of a new MLP actor, e.g. a torchrl
+            ``ProbabilisticActor`` (``Categorical``/``OneHotCategorical`` for Discrete actions,
+            ``TanhNormal`` or ``Normal`` for Box ones). It is wrapped in a
+            :class:`~tdimitation.policies.adapters.TorchRLPolicy`, which is :attr:`actor`
+            (``actor.module`` is yours) and collects. The fused update needs tdimitation's own
+            MLPs, so training takes the autograd path (:attr:`update_path` says why), and the
+            checkpoint's exported-policy entry is empty (the weights are in its state dict).
+        critic: the state-value critic instead of a new MLP, e.g. a torchrl
+            ``ValueOperator`` (wrapped in a :class:`~tdimitation.policies.adapters.TorchRLValue`).
+            ``actor`` and ``critic`` are not hyperparameters: pass them again to
+            ``load_from_checkpoint``; ``hidden_sizes``, ``activation``,
+            ``normalize_observations`` and ``log_std_init`` only shape the networks built here.
     """
 
     def __init__(
@@ -117,6 +131,8 @@ class PPO(OnlineAlgorithm):
         log_std_init: float = 0.0,
         compile_loss: bool = False,
         fast_update: bool = True,
+        actor: TensorDictModuleBase | None = None,
+        critic: TensorDictModuleBase | None = None,
     ) -> None:
         # A user's env class or factory is kept as its "module:Name" entry point, so
         # hyperparameters stay strings and checkpoints load with weights_only=True.
@@ -137,22 +153,30 @@ class PPO(OnlineAlgorithm):
                 f"batch_size ({batch_size}) must divide the round size num_envs * n_steps "
                 f"({num_envs * n_steps})"
             )
-        self.save_hyperparameters()
+        # Networks are not hyperparameters (checkpoints load with weights_only=True).
+        self.save_hyperparameters(ignore=["actor", "critic"])
         # Initial weights from ``seed``, not from the global RNG's state: runs repeat.
         with seeded(seed):
-            self.actor: MLPActor = build_actor(
-                self.env,
-                hidden_sizes=hidden_sizes,
-                activation=activation,
-                normalize_observations=normalize_observations,
-            )
-            self.critic = ValueCritic(
-                observation_width(self.env), hidden_sizes, activation, obs_norm=self.actor.obs_norm
-            )
-        if isinstance(self.actor, GaussianActor):
+            if actor is None:
+                self.actor: MLPActor | TensorDictModuleBase = build_actor(
+                    self.env,
+                    hidden_sizes=hidden_sizes,
+                    activation=activation,
+                    normalize_observations=normalize_observations,
+                )
+            else:
+                self.actor = as_actor(actor, self.env.full_action_spec_unbatched["action"])
+            if critic is None:
+                obs_norm = getattr(self.actor, "obs_norm", None)
+                self.critic = ValueCritic(
+                    observation_width(self.env), hidden_sizes, activation, obs_norm=obs_norm
+                )
+            else:
+                self.critic = as_value_critic(critic)
+        if actor is None and isinstance(self.actor, GaussianActor):
             self.actor.log_std.data.fill_(float(log_std_init))
             self.actor.config["log_std_init"] = float(log_std_init)
-        elif not isinstance(self.actor, CategoricalActor):
+        elif actor is None and not isinstance(self.actor, CategoricalActor):
             raise ValueError(f"PPO supports Discrete and Box actions, got {self.actor}")
         self.loss_module = PPOClipLoss(
             self.actor,
@@ -168,11 +192,12 @@ class PPO(OnlineAlgorithm):
         #: Which path the last :meth:`update` took: ``"fused"`` or ``"autograd: <reason>"``.
         self.update_path = ""
 
-    def collection_policy(self) -> MLPActor:
+    def collection_policy(self) -> TensorDictModuleBase:
         return self.actor
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = list(self.actor.parameters()) + list(self.critic.parameters())
+        # dict.fromkeys: a user's actor and critic may share a trunk (each parameter once).
+        params = list(dict.fromkeys([*self.actor.parameters(), *self.critic.parameters()]))
         # fused Adam: one kernel per step instead of a loop over tensors (4x faster on
         # CPU at these sizes); eps as SB3's PPO.
         return torch.optim.Adam(params, lr=self.hparams.learning_rate, eps=1e-5, fused=True)
@@ -252,9 +277,10 @@ class PPO(OnlineAlgorithm):
                 lambda: randperm(n, self.rng, round_td.device),
                 self._stop_early,
             )
-        if self.actor.obs_norm is not None:
+        obs_norm = getattr(self.actor, "obs_norm", None)
+        if obs_norm is not None:
             # After the update, so this round's stored log-probs matched the policy used.
-            self.actor.obs_norm.update(round_td[self.loss_module.tensor_keys.observation])
+            obs_norm.update(round_td[self.loss_module.tensor_keys.observation])
         # One reduction per key for the whole round (the last epoch's minibatches).
         metrics = {
             key: float(torch.stack([o[key].detach() for o in logged]).mean()) for key in logged[0]

@@ -37,6 +37,7 @@ from tdimitation.policies.actors import (
     is_deterministic,
     observation_width,
 )
+from tdimitation.policies.adapters import as_actor, as_critic_ensemble
 from tdimitation.rl.base import OnlineAlgorithm
 from tdimitation.rng import Stochastic, randint, uniform
 from tdimitation.utils import check_positive, plain_backward, seeded
@@ -170,6 +171,16 @@ class SAC(OnlineAlgorithm):
             (Box) or ``0.98 log(n_actions)`` (Discrete, as torchrl's ``DiscreteSACLoss``).
         normalize_observations: normalise observations with running statistics.
         loss_function: critic loss, ``"l2"`` (squared error), ``"smooth_l1"`` or ``"l1"``.
+        actor: the policy to train instead of a new MLP actor, e.g. a torchrl
+            ``ProbabilisticActor`` (``TanhNormal`` for Box actions, ``Categorical`` for
+            Discrete ones), wrapped in a :class:`~tdimitation.policies.adapters.TorchRLPolicy`
+            (:attr:`actor`; ``actor.module`` is yours).
+        qvalue: the critics instead of a new :class:`~tdimitation.objectives.EnsembleMLP`:
+            a torchrl ``ValueOperator`` (copied into two critics), a list of them, or any
+            :class:`~tdimitation.objectives.protocols.CriticEnsemble`. For Box actions they
+            read ``observation`` and ``action`` (env units) and write ``Q(s, a)``; for
+            Discrete ones they read ``observation`` and write ``Q(s, .)``. ``actor`` and
+            ``qvalue`` are not hyperparameters: pass them again to ``load_from_checkpoint``.
     """
 
     def __init__(
@@ -194,6 +205,8 @@ class SAC(OnlineAlgorithm):
         target_entropy: float | None = None,
         normalize_observations: bool = False,
         loss_function: str = "l2",
+        actor: TensorDictModuleBase | None = None,
+        qvalue: nn.Module | Sequence[nn.Module] | None = None,
     ) -> None:
         # A user's env class or factory is kept as its "module:Name" entry point, so
         # hyperparameters stay strings and checkpoints load with weights_only=True.
@@ -207,7 +220,8 @@ class SAC(OnlineAlgorithm):
             fixed_horizon=fixed_horizon,
             env_kwargs=env_kwargs,
         )
-        self.save_hyperparameters()
+        # Networks are not hyperparameters (checkpoints load with weights_only=True).
+        self.save_hyperparameters(ignore=["actor", "qvalue"])
         check_positive(buffer_size=buffer_size, batch_size=batch_size, utd_ratio=utd_ratio, lr=lr)
         if buffer_size < batch_size:
             raise ValueError(
@@ -240,13 +254,16 @@ class SAC(OnlineAlgorithm):
         obs_dim = observation_width(self.env)
         # Seeded initialisation without disturbing the caller's global RNG.
         with seeded(seed):
-            self.actor = build_actor(
-                self.env,
-                kind="categorical" if self.discrete else "tanh_normal",
-                hidden_sizes=hidden_sizes,
-                activation=activation,
-                normalize_observations=normalize_observations,
-            )
+            if actor is None:
+                self.actor = build_actor(
+                    self.env,
+                    kind="categorical" if self.discrete else "tanh_normal",
+                    hidden_sizes=hidden_sizes,
+                    activation=activation,
+                    normalize_observations=normalize_observations,
+                )
+            else:
+                self.actor = as_actor(actor, action_spec)
             common = {
                 "gamma": gamma,
                 "alpha_init": alpha_init,
@@ -254,13 +271,19 @@ class SAC(OnlineAlgorithm):
                 "target_entropy": target_entropy,
                 "loss_function": loss_function,
             }
+            if qvalue is not None:
+                self.qvalue = (
+                    qvalue if isinstance(qvalue, EnsembleMLP) else as_critic_ensemble(qvalue)
+                )
             if self.discrete:
                 n_actions = int(action_spec.space.n)
-                self.qvalue = EnsembleMLP(obs_dim, n_actions, hidden_sizes, activation)
+                if qvalue is None:
+                    self.qvalue = EnsembleMLP(obs_dim, n_actions, hidden_sizes, activation)
                 self.loss = DiscreteSoftActorCriticLoss(self.actor, self.qvalue, **common)
             else:
                 action_dim = int(math.prod(action_spec.shape))
-                self.qvalue = EnsembleMLP(obs_dim + action_dim, 1, hidden_sizes, activation)
+                if qvalue is None:
+                    self.qvalue = EnsembleMLP(obs_dim + action_dim, 1, hidden_sizes, activation)
                 self.loss = SoftActorCriticLoss(self.actor, self.qvalue, **common)
         self._policy = _WarmupPolicy(self.actor, action_spec)
         self.buffer = self.make_transition_buffer(self.buffer_size)
@@ -320,11 +343,12 @@ class SAC(OnlineAlgorithm):
             )
             metrics["update_seconds"] = time.perf_counter() - start
             self.update_seconds += metrics["update_seconds"]
-        if self.actor.obs_norm is not None:
+        obs_norm = getattr(self.actor, "obs_norm", None)
+        if obs_norm is not None:
             # After the updates: this round's targets used the statistics its data was
             # collected with; forward never updates them.
             obs = batch.get("observation")
-            self.actor.obs_norm.update(obs.reshape(-1, obs.shape[-1]).to(self.device))
+            obs_norm.update(obs.reshape(-1, obs.shape[-1]).to(self.device))
         metrics["buffer_size"] = float(len(self.buffer))
         return metrics
 
@@ -370,7 +394,15 @@ class SAC(OnlineAlgorithm):
 
     # ------------------------------------------------------------ checkpoints
     def _space_signature(self) -> dict[str, Any]:
-        return {"discrete": self.discrete, "actor": dict(self.actor.config)}
+        config = getattr(self.actor, "config", None)
+        if config is None:  # a user's actor: the spaces are the env's
+            spec = self.env.full_action_spec_unbatched["action"]
+            config = {"obs_dim": observation_width(self.env)}
+            if self.discrete:
+                config["n_actions"] = int(spec.space.n)
+            else:
+                config["action_dim"] = int(math.prod(spec.shape))
+        return {"discrete": self.discrete, "actor": dict(config)}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

@@ -57,7 +57,7 @@ from tdimitation.rewards import (
     RewardNet,
     reward_payload,
 )
-from tdimitation.rl.base import OnlineAlgorithm, RoundIndices, identity_collate
+from tdimitation.rl.base import OnlineAlgorithm, RoundIndices, identity_collate, without_modules
 from tdimitation.utils import seeded
 
 #: What a sampled round keeps for fragments and the horizon guard.
@@ -203,6 +203,8 @@ class PreferenceComparisons(OnlineAlgorithm):
         self.save_hyperparameters(
             ignore=["trajectories"] + (["query_schedule"] if callable(query_schedule) else [])
         )
+        # Networks given to the agent are not hyperparameters.
+        self.hparams["agent_kwargs"] = without_modules(agent_kwargs)
         self.query_schedule = query_schedule
         self.schedule = comparison_schedule(
             total_comparisons, num_iterations, initial_comparison_frac, query_schedule
@@ -485,6 +487,9 @@ class PreferenceComparisons(OnlineAlgorithm):
         if len(self.dataset):
             start = time.perf_counter()
             multiplier = 1.0 if self._reward_trained else hp.initial_epoch_multiplier
+            # The loss module this algorithm holds now (one assigned after construction
+            # included) is the one that trains.
+            self.reward_trainer.loss = self.reward_loss
             out = self.reward_trainer.train(self.dataset, multiplier)
             self._reward_trained = True
             metrics |= {f"reward/{k.removeprefix('train/')}": v for k, v in out.items()}
