@@ -28,7 +28,11 @@ fragmenting, gathering labels). Ours: ``reward_s`` and ``fragments_s`` from time
 around the module's reward trainer and ``_sample_trajectories`` / ``preference_query``;
 ``agent_s`` is the rest of the fit. ``accuracy`` is the reward trainer's mean training
 accuracy in its last epoch on both sides (against the sampled labels);
-``true_return`` the mean of 10 deterministic episodes on a separate env.
+``heldout_accuracy`` the share of 1,000 held-out pairs of 100-step fragments (fresh
+episodes of a random, a mixed and an expert policy, built once per run by
+``heldout_pairs`` and read by both sides) whose higher-true-return fragment the final
+reward model ranks higher; ``true_return`` the mean of 10 deterministic episodes on a
+separate env.
 
 Quality mode: the shipped recipes over seeds, each a whole ``tdimitation fit`` process,
 through ``benchmarks/run_recipes.py`` (results as JSON lines)::
@@ -166,7 +170,9 @@ def heldout_accuracy(module, path: Path) -> float:
         )
     learned = reward.double().sum(-1).numpy()
     true = data["true_returns"]
-    return float(np.mean(np.sign(learned[:, 0] - learned[:, 1]) == np.sign(true[:, 0] - true[:, 1])))
+    return float(
+        np.mean(np.sign(learned[:, 0] - learned[:, 1]) == np.sign(true[:, 0] - true[:, 1]))
+    )
 
 
 class Timers:
@@ -295,6 +301,11 @@ def _median(rows: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
 
+def _heldout(rows: list[dict]) -> str:
+    values = [r["heldout_accuracy"] for r in rows if "heldout_accuracy" in r]
+    return f"{statistics.median(values):.3f}" if values else "-"
+
+
 def summary(speed_rows: list[dict], recipe_rows: list[dict]) -> str:
     lines = []
     if speed_rows:
@@ -311,9 +322,9 @@ def summary(speed_rows: list[dict], recipe_rows: list[dict]) -> str:
             f"{min(loads):.1f}-{max(loads):.1f} at the starts. Medians over "
             f"{len({r['repeat'] for r in speed_rows})} repeat(s) (seconds):",
             "",
-            "| library | wall | agent | reward model | fragments | CPU | accuracy | true return"
-            " | agent steps |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| library | wall | agent | reward model | fragments | CPU | accuracy | held-out"
+            " accuracy | true return | agent steps |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for lib in ("imitation", "tdimitation"):
             rows = [r for r in speed_rows if r["library"] == lib]
@@ -323,6 +334,7 @@ def summary(speed_rows: list[dict], recipe_rows: list[dict]) -> str:
                 f"| {lib} | {_median(rows, 'wall_s'):.1f} | {_median(rows, 'agent_s'):.1f} | "
                 f"{_median(rows, 'reward_s'):.1f} | {_median(rows, 'fragments_s'):.1f} | "
                 f"{_median(rows, 'cpu_s'):.1f} | {_median(rows, 'accuracy'):.3f} | "
+                f"{_heldout(rows)} | "
                 f"{_median(rows, 'true_return'):.0f} | {rows[0]['agent_steps']:,} |"
             )
         ours = [r for r in speed_rows if r["library"] == "tdimitation"]
@@ -344,10 +356,10 @@ def summary(speed_rows: list[dict], recipe_rows: list[dict]) -> str:
                 + f"); CPU-time ratio "
                 f"{_median(ours, 'cpu_s') / _median(ref, 'cpu_s'):.2f}.",
                 "",
-                "Per run (seed: accuracy, true return; imitation | ours): "
+                "Per run (seed: accuracy, held-out accuracy, true return; imitation | ours): "
                 + "; ".join(
-                    f"{i['repeat']}: {i['accuracy']:.3f}, {i['true_return']:.0f} | "
-                    f"{o['accuracy']:.3f}, {o['true_return']:.0f}"
+                    f"{i['repeat']}: {i['accuracy']:.3f}, {_heldout([i])}, {i['true_return']:.0f}"
+                    f" | {o['accuracy']:.3f}, {_heldout([o])}, {o['true_return']:.0f}"
                     for o, i in zip(
                         sorted(ours, key=lambda r: r["repeat"]),
                         sorted(ref, key=lambda r: r["repeat"]),

@@ -107,7 +107,9 @@ def run_seed(seed: int, overrides: dict | None = None) -> dict:
             true = fresh["next", "reward"][..., 0]
             row[f"pearson_{name}"] = pearson(learned_rewards(module, fresh), true)
             row[f"{name}_true_return"] = float(true.sum() / EVAL_EPISODES)
-        row["pearson_train"] = pearson(learned_rewards(module, train), train["next", "reward"][..., 0])
+        row["pearson_train"] = pearson(
+            learned_rewards(module, train), train["next", "reward"][..., 0]
+        )
     return row
 
 
