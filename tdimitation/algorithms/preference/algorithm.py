@@ -12,7 +12,8 @@ over iterations (the remainder to the last), in rounds of the agent's own batch 
 they sum to exactly ``total_frames``. Each Lightning ``training_step`` is one agent round;
 a query runs at the start of the round that begins its iteration. Trajectories the agent
 collected while training are reused for fragments; only what is missing is collected
-anew (``exploration_frac`` of it with :class:`ExplorationPolicy`).
+anew, and ``exploration_frac`` of a query's transitions come from fresh rounds collected
+with :class:`ExplorationPolicy`.
 
 With ``trajectories`` given and ``agent=None`` (the fixed-dataset mode) there is no agent:
 each ``training_step`` is one query on fragments of the saved trajectories.
