@@ -28,7 +28,11 @@ fragmenting, gathering labels). Ours: ``reward_s`` and ``fragments_s`` from time
 around the module's reward trainer and ``_sample_trajectories`` / ``preference_query``;
 ``agent_s`` is the rest of the fit. ``accuracy`` is the reward trainer's mean training
 accuracy in its last epoch on both sides (against the sampled labels);
-``true_return`` the mean of 10 deterministic episodes on a separate env.
+``heldout_accuracy`` the share of 1,000 held-out pairs of 100-step fragments (fresh
+episodes of a random, a mixed and an expert policy, built once per run by
+``heldout_pairs`` and read by both sides) whose higher-true-return fragment the final
+reward model ranks higher; ``true_return`` the mean of 10 deterministic episodes on a
+separate env.
 
 Quality mode: the shipped recipes over seeds, each a whole ``tdimitation fit`` process,
 through ``benchmarks/run_recipes.py`` (results as JSON lines)::
@@ -48,7 +52,9 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import statistics
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -95,6 +101,80 @@ OURS = dict(
 )
 
 
+#: The held-out comparisons both sides' final reward models are scored on (built once per
+#: run by ``heldout_pairs`` into a temporary .npz that the reference script reads too).
+HELDOUT_SEED, HELDOUT_EPISODES, HELDOUT_PAIRS = 4242, 32, 1000
+
+
+def heldout_pairs(path: Path) -> Path:
+    """Write ``HELDOUT_PAIRS`` pairs of ``FRAGMENT_LENGTH``-step Pendulum fragments to ``path``.
+
+    Fragments come from ``HELDOUT_EPISODES`` fresh episodes of each of three policies:
+    uniformly random, the scripted swing-up expert, and a mixture (expert and random
+    actions, each sub-env re-choosing with probability 0.1 per step), so pairs span the
+    qualities an agent passes through. Labels are noiseless: the fragment with the higher
+    true return is preferred. Arrays: ``obs``, ``acts``, ``next_obs``, ``dones`` of shape
+    ``[P, 2, L, ...]`` and ``true_returns`` ``[P, 2]``.
+    """
+    import numpy as np
+    import torch
+
+    from tdimitation.algorithms.preference import ExplorationPolicy, RandomFragmenter
+    from tdimitation.data.rollout import rollout
+    from tdimitation.data.trajectory import concat_trajectories
+    from tdimitation.envs import make_env
+    from tdimitation.policies.base import RandomPolicy
+    from tdimitation.policies.scripted import PendulumExpert
+
+    sets = []
+    for i, kind in enumerate(("random", "mixed", "expert")):
+        env = make_env("Pendulum-v1", num_envs=8, seed=HELDOUT_SEED + 100 * i)
+        try:
+            if kind == "random":
+                policy = RandomPolicy(env, seed=HELDOUT_SEED + i)
+            elif kind == "expert":
+                policy = PendulumExpert()
+            else:
+                policy = ExplorationPolicy(PendulumExpert(), RandomPolicy(env).spec, 0.1, 0.5)
+                policy.rng, policy.explore = torch.Generator().manual_seed(HELDOUT_SEED + i), True
+            sets.append(rollout(policy, env, min_episodes=HELDOUT_EPISODES, deterministic=True))
+        finally:
+            env.close()
+    trajectories = concat_trajectories(sets)
+    fragmenter = RandomFragmenter(torch.Generator().manual_seed(HELDOUT_SEED), 0.0)
+    pairs = fragmenter(trajectories, FRAGMENT_LENGTH, HELDOUT_PAIRS)
+    np.savez(
+        path,
+        obs=pairs["observation"].numpy(),
+        acts=pairs["action"].numpy(),
+        next_obs=pairs["next", "observation"].numpy(),
+        dones=pairs["next", "done"][..., 0].numpy(),
+        true_returns=pairs["next", "reward"][..., 0].double().sum(-1).numpy(),
+    )
+    return path
+
+
+def heldout_accuracy(module, path: Path) -> float:
+    """Share of the held-out pairs whose better fragment the learned reward ranks higher."""
+    import numpy as np
+    import torch
+
+    data = np.load(path)
+    net = module.reward_net
+    with torch.no_grad():
+        reward = net.predict_processed(
+            torch.from_numpy(data["obs"]),
+            torch.from_numpy(data["acts"]),
+            torch.from_numpy(data["next_obs"]),
+            torch.from_numpy(data["dones"]),
+        )
+    learned = reward.double().sum(-1).numpy()
+    true = data["true_returns"]
+    return float(
+        np.mean(np.sign(learned[:, 0] - learned[:, 1]) == np.sign(true[:, 0] - true[:, 1]))
+    )
+
+
 class Timers:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -112,7 +192,13 @@ class Timers:
         setattr(obj, name, timed)
 
 
-def run_ours(seed: int, eval_episodes: int, total_frames: int = OUR_FRAMES) -> dict:
+def run_ours(
+    seed: int,
+    eval_episodes: int,
+    total_frames: int = OUR_FRAMES,
+    heldout: Path | None = None,
+    overrides: dict | None = None,
+) -> dict:
     import lightning as L
 
     from tdimitation.algorithms import PreferenceComparisons
@@ -123,7 +209,7 @@ def run_ours(seed: int, eval_episodes: int, total_frames: int = OUR_FRAMES) -> d
         total_frames=total_frames,
         total_comparisons=COMPARISONS,
         seed=seed,
-        **OURS,
+        **(OURS | (overrides or {})),
     )
     timers = Timers()
     timers.wrap(module, "_sample_trajectories", "sample_s")
@@ -160,10 +246,12 @@ def run_ours(seed: int, eval_episodes: int, total_frames: int = OUR_FRAMES) -> d
         "agent_steps": int(module.frames),
         "comparisons": len(module.dataset),
         "loadavg_1min_at_start": loadavg,
+        **({"heldout_accuracy": heldout_accuracy(module, heldout)} if heldout else {}),
+        **({"overrides": overrides} if overrides else {}),
     }
 
 
-def run_imitation(seed: int, eval_episodes: int) -> dict | None:
+def run_imitation(seed: int, eval_episodes: int, heldout: Path | None = None) -> dict | None:
     from _reference import run_reference
 
     return run_reference(
@@ -171,6 +259,7 @@ def run_imitation(seed: int, eval_episodes: int) -> dict | None:
         "--seed", seed, "--steps", STEPS, "--comparisons", COMPARISONS,
         "--iterations", ITERATIONS, "--fragment-length", FRAGMENT_LENGTH,
         "--eval-episodes", eval_episodes,
+        *(["--heldout", heldout] if heldout else []),
     )  # fmt: skip
 
 
@@ -183,15 +272,17 @@ def speed(args: argparse.Namespace) -> list[dict]:
     logging.getLogger("torchrl").setLevel(logging.WARNING)
     # An existing --json file is extended (more repeats later, from --seed on).
     results = json.loads(args.json.read_text()) if args.json and args.json.exists() else []
+    heldout_dir = tempfile.mkdtemp(prefix="preference_heldout_")
+    heldout = heldout_pairs(Path(heldout_dir) / "pairs.npz")
     for repeat in range(args.seed, args.seed + args.repeats):
         seed = repeat
         for side in (
             ("imitation", "tdimitation") if repeat % 2 == 0 else ("tdimitation", "imitation")
         ):
             result = (
-                run_imitation(seed, args.eval_episodes)
+                run_imitation(seed, args.eval_episodes, heldout)
                 if side == "imitation"
-                else run_ours(seed, args.eval_episodes, args.ours_frames)
+                else run_ours(seed, args.eval_episodes, args.ours_frames, heldout)
             )
             if result is None:
                 print("no imitation result (venv missing or script failed)")
@@ -202,11 +293,17 @@ def speed(args: argparse.Namespace) -> list[dict]:
             results.append(result)
             if args.json:
                 args.json.write_text(json.dumps(results, indent=1))
+    shutil.rmtree(heldout_dir, ignore_errors=True)
     return results
 
 
 def _median(rows: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in rows)
+
+
+def _heldout(rows: list[dict]) -> str:
+    values = [r["heldout_accuracy"] for r in rows if "heldout_accuracy" in r]
+    return f"{statistics.median(values):.3f}" if values else "-"
 
 
 def summary(speed_rows: list[dict], recipe_rows: list[dict]) -> str:
@@ -225,9 +322,9 @@ def summary(speed_rows: list[dict], recipe_rows: list[dict]) -> str:
             f"{min(loads):.1f}-{max(loads):.1f} at the starts. Medians over "
             f"{len({r['repeat'] for r in speed_rows})} repeat(s) (seconds):",
             "",
-            "| library | wall | agent | reward model | fragments | CPU | accuracy | true return"
-            " | agent steps |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| library | wall | agent | reward model | fragments | CPU | accuracy | held-out"
+            " accuracy | true return | agent steps |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for lib in ("imitation", "tdimitation"):
             rows = [r for r in speed_rows if r["library"] == lib]
@@ -237,6 +334,7 @@ def summary(speed_rows: list[dict], recipe_rows: list[dict]) -> str:
                 f"| {lib} | {_median(rows, 'wall_s'):.1f} | {_median(rows, 'agent_s'):.1f} | "
                 f"{_median(rows, 'reward_s'):.1f} | {_median(rows, 'fragments_s'):.1f} | "
                 f"{_median(rows, 'cpu_s'):.1f} | {_median(rows, 'accuracy'):.3f} | "
+                f"{_heldout(rows)} | "
                 f"{_median(rows, 'true_return'):.0f} | {rows[0]['agent_steps']:,} |"
             )
         ours = [r for r in speed_rows if r["library"] == "tdimitation"]
@@ -258,10 +356,10 @@ def summary(speed_rows: list[dict], recipe_rows: list[dict]) -> str:
                 + f"); CPU-time ratio "
                 f"{_median(ours, 'cpu_s') / _median(ref, 'cpu_s'):.2f}.",
                 "",
-                "Per run (seed: accuracy, true return; imitation | ours): "
+                "Per run (seed: accuracy, held-out accuracy, true return; imitation | ours): "
                 + "; ".join(
-                    f"{i['repeat']}: {i['accuracy']:.3f}, {i['true_return']:.0f} | "
-                    f"{o['accuracy']:.3f}, {o['true_return']:.0f}"
+                    f"{i['repeat']}: {i['accuracy']:.3f}, {_heldout([i])}, {i['true_return']:.0f}"
+                    f" | {o['accuracy']:.3f}, {_heldout([o])}, {o['true_return']:.0f}"
                     for o, i in zip(
                         sorted(ours, key=lambda r: r["repeat"]),
                         sorted(ref, key=lambda r: r["repeat"]),

@@ -20,7 +20,9 @@ Times (``torch.set_num_threads(1)``; construction and evaluation excluded): ``wa
 ``fragments_s`` (``AgentTrainer.sample`` + fragmenter + gatherer). The last stdout line is
 one JSON object. The final accuracy is what ``train`` returns (the reward trainer's
 accuracy in its last epoch); the true return is the mean of ``--eval-episodes``
-deterministic episodes on a separate venv.
+deterministic episodes on a separate venv. With ``--heldout PATH`` (an .npz of fragment
+pairs written by ``bench_preference.heldout_pairs``) the final reward model is also scored
+on those pairs against noiseless true-return preferences (``heldout_accuracy``).
 """
 
 from __future__ import annotations
@@ -61,6 +63,24 @@ class Timers:
         setattr(obj, name, timed)
 
 
+def heldout_accuracy(reward_net, path: str) -> float:
+    """Share of held-out pairs (``bench_preference.heldout_pairs``) ranked as the true return."""
+    data = np.load(path)
+    pairs_shape = data["dones"].shape  # [P, 2, L]
+
+    def flat(key):
+        array = data[key]
+        return array.reshape(-1, *array.shape[len(pairs_shape) :])
+
+    reward = reward_net.predict_processed(
+        flat("obs"), flat("acts"), flat("next_obs"), flat("dones")
+    )
+    learned = reward.reshape(pairs_shape).astype(np.float64).sum(-1)
+    true = data["true_returns"]
+    agree = np.sign(learned[:, 0] - learned[:, 1]) == np.sign(true[:, 0] - true[:, 1])
+    return float(np.mean(agree))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed", type=int, default=0)
@@ -69,6 +89,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--fragment-length", type=int, default=100)
     parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--heldout", help="npz of held-out pairs to score the reward model on")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rng = np.random.default_rng(args.seed)
@@ -143,6 +164,9 @@ def main() -> None:
     returns, _ = evaluate_policy(
         agent.policy, eval_venv, n_eval_episodes=args.eval_episodes, return_episode_rewards=True
     )
+    extra = {}
+    if args.heldout:
+        extra["heldout_accuracy"] = heldout_accuracy(reward_net, args.heldout)
     print(
         json.dumps(
             {
@@ -157,6 +181,7 @@ def main() -> None:
                 "agent_steps": int(agent.num_timesteps),
                 "comparisons": len(trainer.dataset),
                 "loadavg_1min_at_start": loadavg,
+                **extra,
                 "versions": {
                     "imitation": imitation.__version__,
                     "stable_baselines3": stable_baselines3.__version__,

@@ -17,7 +17,7 @@ from tdimitation.algorithms.preference import (
 from tdimitation.algorithms.preference.schedule import agent_rounds
 from tdimitation.data.rollout import rollout
 from tdimitation.envs import make_env
-from tdimitation.errors import HorizonError, PreferenceError, TrajectoryError
+from tdimitation.errors import FragmentError, HorizonError, PreferenceError, TrajectoryError
 from tdimitation.policies.base import RandomPolicy, ZeroPolicy
 from tdimitation.rewards import load_reward
 from tests.helpers import quiet_trainer as trainer
@@ -25,7 +25,7 @@ from tests.helpers import quiet_trainer as trainer
 CARTPOLE_FIXED = "tdimitation/CartPoleFixed-v1"
 
 
-def small(**kwargs) -> PreferenceComparisons:
+def small(env_id: str = CARTPOLE_FIXED, **kwargs) -> PreferenceComparisons:
     """PPO on fixed-horizon CartPole, 2 x 16-step rounds, 7 rounds, 3 iterations."""
     options = dict(
         agent_kwargs=dict(n_steps=16, batch_size=32, n_epochs=1),
@@ -37,7 +37,7 @@ def small(**kwargs) -> PreferenceComparisons:
         reward_epochs=1,
         initial_epoch_multiplier=3,
     )
-    return PreferenceComparisons(CARTPOLE_FIXED, **(options | kwargs))
+    return PreferenceComparisons(env_id, **(options | kwargs))
 
 
 @pytest.fixture(scope="module")
@@ -252,3 +252,78 @@ def test_checkpoint_restores_everything(tmp_path):
     resumed = small(ensemble_size=2, comparison_queue_size=12, exploration_frac=0.5)
     trainer().fit(resumed, ckpt_path=tmp_path / "mid.ckpt")
     assert resumed.frames == 224 and resumed.next_query == 4 and resumed.comparisons == 20
+
+
+class WrongLabels(PreferenceGatherer):
+    """Answers every pair at once with labels built by ``make(n_pairs)``."""
+
+    def __init__(self, make) -> None:
+        super().__init__()
+        self.make = make
+        self.answered = (torch.zeros(0, dtype=torch.int64), torch.zeros(0))
+
+    def submit(self, pairs, ids):
+        self.answered = (ids, self.make(ids.numel()))
+
+    def poll(self):
+        ids, labels = self.answered
+        self.answered = (ids[:0], labels[:0])
+        return ids, labels
+
+
+def one_line_error(error_type, match, action):
+    """``action()`` raises ``error_type`` (a ValueError) with a one-line message."""
+    with pytest.raises(error_type, match=match) as info:
+        action()
+    assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
+
+
+def test_every_listed_bad_input_gets_a_one_line_error(pendulum_random):
+    def fixed(**kwargs):
+        options = dict(
+            agent=None,
+            trajectories=pendulum_random,
+            num_iterations=1,
+            total_comparisons=8,
+            fragment_length=10,
+            reward_epochs=1,
+            initial_epoch_multiplier=1,
+        )
+        return PreferenceComparisons("Pendulum-v1", **(options | kwargs))
+
+    def fit_with(gatherer):
+        module = fixed()
+        module.set_gatherer(gatherer)
+        trainer().fit(module)
+
+    one_line_error(PreferenceError, "unknown query_schedule", lambda: fixed(query_schedule="x"))
+    one_line_error(
+        PreferenceError, "float32", lambda: fit_with(WrongLabels(lambda n: torch.ones(n).double()))
+    )
+    one_line_error(
+        PreferenceError,
+        "one label per pair",
+        lambda: fit_with(WrongLabels(lambda n: torch.ones(n, 1))),
+    )
+    one_line_error(
+        FragmentError,
+        "no episode is at least fragment_length=201",
+        lambda: trainer().fit(fixed(fragment_length=201)),
+    )
+    one_line_error(PreferenceError, "needs a reward ensemble", lambda: fixed(active_selection=True))
+    one_line_error(PreferenceError, "at least 2 members", lambda: fixed(ensemble_size=1))
+    one_line_error(
+        PreferenceError,
+        "must divide batch_size",
+        lambda: fixed(reward_batch_size=32, reward_minibatch_size=12),
+    )
+    one_line_error(
+        PreferenceError,
+        "leaves nothing after the initial batch",
+        lambda: fixed(total_comparisons=0, initial_comparison_frac=0.5),
+    )
+    one_line_error(
+        HorizonError,
+        "episodes of different lengths",
+        lambda: trainer().fit(small("CartPole-v1", fragment_length=5)),
+    )

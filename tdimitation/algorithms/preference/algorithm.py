@@ -12,7 +12,8 @@ over iterations (the remainder to the last), in rounds of the agent's own batch 
 they sum to exactly ``total_frames``. Each Lightning ``training_step`` is one agent round;
 a query runs at the start of the round that begins its iteration. Trajectories the agent
 collected while training are reused for fragments; only what is missing is collected
-anew (``exploration_frac`` of it with :class:`ExplorationPolicy`).
+anew, and ``exploration_frac`` of a query's transitions come from fresh rounds collected
+with :class:`ExplorationPolicy`.
 
 With ``trajectories`` given and ``agent=None`` (the fixed-dataset mode) there is no agent:
 each ``training_step`` is one query on fragments of the saved trajectories.
@@ -440,8 +441,10 @@ class PreferenceComparisons(OnlineAlgorithm):
         pairs = self.schedule[query]
         return math.ceil(hp.transition_oversampling * 2 * pairs * hp.fragment_length)
 
-    def _collect(self, rounds: int, explore: bool) -> None:
+    def _collect(self, rounds: int, explore: bool) -> list[TensorDictBase]:
+        """Collect and remember ``rounds`` rounds (exploring or not); returns them."""
         self.exploration.explore = explore
+        start = len(self._sampled)
         try:
             for _ in range(rounds):
                 batch = self.collector.rollout()
@@ -449,20 +452,31 @@ class PreferenceComparisons(OnlineAlgorithm):
                 self._remember(batch, prune=False)
         finally:
             self.exploration.explore = False
+        return self._sampled[start:]
 
     def _sample_trajectories(self) -> TensorDictBase:
-        """A flat trajectory set for the next query: agent rounds first, then fresh ones."""
+        """A flat trajectory set for the next query: agent rounds first, then fresh ones.
+
+        ``exploration_frac`` of the transitions (rounded down) are exploratory: whole
+        exploration rounds are collected, but only the first steps of each sub-env that
+        together make up that share are kept, so the share is what was asked for and not
+        rounded up to whole rounds (a round is often a large part of a query's needs).
+        """
         need = self._transitions_needed(self.next_query)
-        explore = math.ceil(self.hparams.exploration_frac * need / self.frames_per_batch)
-        agent_need = max(0, need - explore * self.frames_per_batch)
+        explore_need = int(self.hparams.exploration_frac * need)
+        agent_need = need - explore_need
         have = sum(b.numel() for b in self._sampled)
         self._collect(max(0, math.ceil((agent_need - have) / self.frames_per_batch)), False)
-        self._collect(explore, True)
+        explored = self._collect(math.ceil(explore_need / self.frames_per_batch), True)
         # Rounds are consecutive in each sub-env's stream: joined along time, each sub-env's
         # row holds whole episode runs, and row-major flattening keeps them contiguous.
-        stream = torch.cat(self._sampled, dim=1)
+        stream = self._sampled
+        if explored:
+            # A time prefix of the exploration rounds: each row stays one contiguous run.
+            steps = math.ceil(explore_need / self.num_envs)
+            stream = stream[: -len(explored)] + [torch.cat(explored, dim=1)[:, :steps]]
         self._sampled = []
-        return stream.reshape(-1)
+        return torch.cat(stream, dim=1).reshape(-1)
 
     # ------------------------------------------------------------------ queries
     def preference_query(self, trajectories: TensorDictBase) -> dict[str, float]:
