@@ -290,6 +290,8 @@ class PPOGradients:
             return f"unsupported actor {type(actor).__name__}"
         if type(critic) is not ValueCritic:
             return f"unsupported critic {type(critic).__name__}"
+        if getattr(actor, "encoder", None) is not None or critic.encoder is not None:
+            return "image encoders (convolutions) are trained through autograd"
         parsed = [_mlp_layers(getattr(m, "net", None)) for m in (actor, critic)]
         if parsed[0] is None or parsed[1] is None:
             return "the networks are not Linear/activation stacks with tanh or ReLU"

@@ -9,12 +9,14 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 
 from tdimitation.envs import as_env_id
+from tdimitation.nn import ImageEncoder
 from tdimitation.objectives.ppo import PPOClipLoss, PPOGradients
 from tdimitation.policies.actors import (
     CategoricalActor,
     GaussianActor,
     MLPActor,
     build_actor,
+    image_shape_of,
     observation_width,
 )
 from tdimitation.policies.critics import ValueCritic
@@ -37,7 +39,11 @@ class PPO(OnlineAlgorithm):
     Defaults are Stable-Baselines3's PPO defaults (2048 steps per env per round, 10
     epochs, minibatch 64, lr 3e-4, clip 0.2, GAE λ 0.95, γ 0.99, value coefficient 0.5,
     gradient norm 0.5, Adam eps 1e-5), except that actor and critic are separate MLPs
-    (as SB3's ``MlpPolicy``) of ``hidden_sizes``. Each round collects
+    (as SB3's ``MlpPolicy``) of ``hidden_sizes``. Image observations (3-d, e.g. Atari frame
+    stacks) go through an image encoder before each MLP (Nature-CNN by default, options in
+    ``cnn``); actor and critic have encoders of their own (SB3's
+    ``share_features_extractor=False``), so the value loss does not shape the policy's
+    features. Each round collects
     ``num_envs * n_steps`` frames, computes advantages once, then runs ``n_epochs`` passes
     of minibatch updates. Minibatches are gathered once per epoch as tensors and the loss is
     :class:`~tdimitation.objectives.PPOClipLoss` on tensors; the optimizer is Adam with
@@ -82,6 +88,8 @@ class PPO(OnlineAlgorithm):
         activation: activation name.
         normalize_observations: running observation normalisation, stored in the policy.
         log_std_init: initial log standard deviation (continuous actions).
+        cnn: image encoder options (:class:`~tdimitation.nn.ImageEncoder` arguments other
+            than ``image_shape``) for image observations; None: the Nature-CNN defaults.
         compile_loss: ``torch.compile`` the training step: on the fast path the whole
             minibatch step (closed-form gradients, clipping, Adam) becomes one graph of fused
             kernels; on the autograd path, the loss. Pays a one-off compilation of ~20 s on
@@ -114,6 +122,7 @@ class PPO(OnlineAlgorithm):
         activation: str = "tanh",
         normalize_observations: bool = False,
         log_std_init: float = 0.0,
+        cnn: dict[str, Any] | None = None,
         compile_loss: bool = False,
         fast_update: bool = True,
     ) -> None:
@@ -144,10 +153,21 @@ class PPO(OnlineAlgorithm):
                 hidden_sizes=hidden_sizes,
                 activation=activation,
                 normalize_observations=normalize_observations,
+                cnn=cnn,
             )
-            self.critic = ValueCritic(
-                observation_width(self.env), hidden_sizes, activation, obs_norm=self.actor.obs_norm
-            )
+            image_shape = image_shape_of(self.env)
+            if image_shape is None:
+                self.critic = ValueCritic(
+                    observation_width(self.env),
+                    hidden_sizes,
+                    activation,
+                    obs_norm=self.actor.obs_norm,
+                )
+            else:
+                encoder = ImageEncoder(image_shape, **self.actor.config["cnn"])
+                self.critic = ValueCritic(
+                    encoder.out_features, hidden_sizes, activation, encoder=encoder
+                )
         if isinstance(self.actor, GaussianActor):
             self.actor.log_std.data.fill_(float(log_std_init))
             self.actor.config["log_std_init"] = float(log_std_init)
@@ -257,7 +277,8 @@ class PPO(OnlineAlgorithm):
         advantage, value_target, value = self._advantages(batch, reward_fn)
         n = batch.numel()
         keys = self.loss_module.tensor_keys  # set_keys names what the update reads
-        obs = batch[keys.observation].reshape(n, -1)
+        obs = batch[keys.observation]
+        obs = obs.reshape(n, *obs.shape[batch.batch_dims :])
         # The sample the stored log-probability belongs to (unclipped, for bounded Gaussians).
         taken = batch.get("action_sample", None) if keys.action == "action" else None
         taken = batch[keys.action] if taken is None else taken
