@@ -264,3 +264,87 @@ def cnn_output_width(cnn: nn.Module, image_shape: Sequence[int]) -> int:
             f"stack ({err}); use smaller kernel_sizes/strides"
         ) from None
     return int(out.shape[-1])
+
+
+def is_channels_last(image_shape: Sequence[int]) -> bool:
+    """Whether a 3-d image shape is ``(H, W, C)`` rather than ``(C, H, W)``.
+
+    Channels-last when the last dimension holds at most 4 channels (grey, RGB, RGBA or 4
+    stacked frames) and the first does not: gymnasium's RGB frames are ``(210, 160, 3)``,
+    Atari frame stacks ``(4, 84, 84)``.
+    """
+    return len(image_shape) == 3 and image_shape[-1] <= 4 < image_shape[0]
+
+
+class ImageEncoder(nn.Module):
+    """Features of image observations: a conv stack, then one Linear + ReLU layer.
+
+    The defaults are the Nature-DQN network (Mnih et al. 2015): convolutions of 32, 64 and
+    64 channels (kernels 8, 4, 3; strides 4, 2, 1) and 512 features, meant for images of
+    about 84x84. ``forward`` takes observations ``[*B, *image_shape]`` and returns
+    ``[*B, out_features]``; ``uint8`` pixels are scaled to [0, 1], float images are taken as
+    already scaled. The constructor arguments are kept in ``config`` (primitives), so an
+    owner can store them and rebuild the encoder.
+
+    Args:
+        image_shape: shape of one observation, ``(C, H, W)`` or ``(H, W, C)``.
+        channels_last: whether the shape is ``(H, W, C)`` (None: guessed with
+            :func:`is_channels_last`).
+        hidden_channels: output channels of each conv layer.
+        kernel_sizes: kernel size of each conv layer.
+        strides: stride of each conv layer.
+        features: width of the output (the Linear layer after the convolutions).
+        activation: activation of the conv layers (name in :data:`ACTIVATIONS`).
+    """
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        channels_last: bool | None = None,
+        hidden_channels: Sequence[int] = (32, 64, 64),
+        kernel_sizes: Sequence[int] = (8, 4, 3),
+        strides: Sequence[int] = (4, 2, 1),
+        features: int = 512,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        shape = tuple(int(s) for s in image_shape)
+        if len(shape) != 3:
+            raise NetworkError(
+                f"an image encoder needs observations of shape (C, H, W) or (H, W, C), got "
+                f"{shape}; vector observations go to an MLP directly"
+            )
+        if channels_last is None:
+            channels_last = is_channels_last(shape)
+        self.config = {
+            "image_shape": list(shape),
+            "channels_last": bool(channels_last),
+            "hidden_channels": [int(c) for c in hidden_channels],
+            "kernel_sizes": [int(k) for k in kernel_sizes],
+            "strides": [int(s) for s in strides],
+            "features": int(features),
+            "activation": activation,
+        }
+        self.image_shape = shape
+        self.channels_last = bool(channels_last)
+        c, h, w = (shape[2], shape[0], shape[1]) if channels_last else shape
+        self.cnn = build_cnn(c, hidden_channels, kernel_sizes, strides, activation)
+        self.linear = nn.Linear(cnn_output_width(self.cnn, (c, h, w)), int(features))
+        self.out_features = int(features)
+
+    def forward(self, observation: torch.Tensor) -> torch.Tensor:
+        if tuple(observation.shape[-3:]) != self.image_shape:
+            raise NetworkError(
+                f"expected images of shape [*batch, {', '.join(map(str, self.image_shape))}], "
+                f"got {list(observation.shape)}"
+            )
+        batch = observation.shape[:-3]
+        x = observation.reshape(-1, *self.image_shape)
+        if self.channels_last:
+            x = x.permute(0, 3, 1, 2)
+        weight = self.linear.weight
+        # Moved while still uint8 (4x fewer bytes), then scaled in the network's dtype.
+        x = x.to(weight.device)
+        x = x.to(weight.dtype) / 255.0 if x.dtype == torch.uint8 else x.to(weight.dtype)
+        x = torch.relu(F.linear(self.cnn(x), weight, self.linear.bias))
+        return x.reshape(*batch, self.out_features)

@@ -59,6 +59,8 @@ class BCGradients:
                 f"policy {type(policy).__name__} (the fused BC update implements "
                 "CategoricalActor itself)"
             )
+        if getattr(policy, "encoder", None) is not None:
+            return "image encoders (convolutions) are trained through autograd"
         layout = mlp_layout(policy.net)
         if layout is None:
             return "the policy is not a Linear/activation stack with tanh or ReLU"

@@ -128,6 +128,8 @@ class PPOGradients:
             return f"unsupported actor {type(actor).__name__}"
         if type(critic) is not ValueCritic:
             return f"unsupported critic {type(critic).__name__}"
+        if getattr(actor, "encoder", None) is not None or critic.encoder is not None:
+            return "image encoders (convolutions) are trained through autograd"
         actor_layout = mlp_layout(getattr(actor, "net", None))
         critic_layout = mlp_layout(getattr(critic, "net", None))
         if actor_layout is None or critic_layout is None:

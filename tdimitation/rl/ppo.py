@@ -11,12 +11,14 @@ from tensordict.nn import TensorDictModuleBase
 
 from tdimitation.envs import as_env_id
 from tdimitation.fused import FirstMinibatchCheck, FusedOptions, FusedUpdate, fused_update_for, gae
+from tdimitation.nn import ImageEncoder
 from tdimitation.objectives.ppo import PPOClipLoss
 from tdimitation.policies.actors import (
     CategoricalActor,
     GaussianActor,
     MLPActor,
     build_actor,
+    image_shape_of,
     observation_width,
 )
 from tdimitation.policies.adapters import as_actor, as_value_critic
@@ -32,7 +34,11 @@ class PPO(OnlineAlgorithm):
     Defaults are Stable-Baselines3's PPO defaults (2048 steps per env per round, 10
     epochs, minibatch 64, lr 3e-4, clip 0.2, GAE λ 0.95, γ 0.99, value coefficient 0.5,
     gradient norm 0.5, Adam eps 1e-5), except that actor and critic are separate MLPs
-    (as SB3's ``MlpPolicy``) of ``hidden_sizes``. Each round collects
+    (as SB3's ``MlpPolicy``) of ``hidden_sizes``. Image observations (3-d, e.g. Atari frame
+    stacks) go through an image encoder before each MLP (Nature-CNN by default, options in
+    ``cnn``); actor and critic have encoders of their own (SB3's
+    ``share_features_extractor=False``), so the value loss does not shape the policy's
+    features. Each round collects
     ``num_envs * n_steps`` frames, computes advantages once, then runs ``n_epochs`` passes
     of minibatch updates of :class:`~tdimitation.objectives.PPOClipLoss`; the optimizer is
     Adam with ``fused=True``. Bootstrapping stops at terminations, not at truncations.
@@ -85,6 +91,8 @@ class PPO(OnlineAlgorithm):
         activation: activation name.
         normalize_observations: running observation normalisation, stored in the policy.
         log_std_init: initial log standard deviation (continuous actions).
+        cnn: image encoder options (:class:`~tdimitation.nn.ImageEncoder` arguments other
+            than ``image_shape``) for image observations; None: the Nature-CNN defaults.
         compile_loss: ``torch.compile`` the training step: on the fused path the whole
             minibatch step (closed-form gradients, clipping, Adam) becomes one graph of fused
             kernels; on the autograd path, the loss. Pays a one-off compilation of ~20 s on
@@ -129,6 +137,7 @@ class PPO(OnlineAlgorithm):
         activation: str = "tanh",
         normalize_observations: bool = False,
         log_std_init: float = 0.0,
+        cnn: dict[str, Any] | None = None,
         compile_loss: bool = False,
         fast_update: bool = True,
         actor: TensorDictModuleBase | None = None,
@@ -163,16 +172,24 @@ class PPO(OnlineAlgorithm):
                     hidden_sizes=hidden_sizes,
                     activation=activation,
                     normalize_observations=normalize_observations,
+                    cnn=cnn,
                 )
             else:
                 self.actor = as_actor(actor, self.env.full_action_spec_unbatched["action"])
-            if critic is None:
+            image_shape = image_shape_of(self.env)
+            if critic is not None:
+                self.critic = as_value_critic(critic)
+            elif image_shape is None:
                 obs_norm = getattr(self.actor, "obs_norm", None)
                 self.critic = ValueCritic(
                     observation_width(self.env), hidden_sizes, activation, obs_norm=obs_norm
                 )
             else:
-                self.critic = as_value_critic(critic)
+                cnn_options = getattr(self.actor, "config", {}).get("cnn", cnn or {})
+                encoder = ImageEncoder(image_shape, **cnn_options)
+                self.critic = ValueCritic(
+                    encoder.out_features, hidden_sizes, activation, encoder=encoder
+                )
         if actor is None and isinstance(self.actor, GaussianActor):
             self.actor.log_std.data.fill_(float(log_std_init))
             self.actor.config["log_std_init"] = float(log_std_init)
@@ -301,12 +318,14 @@ class PPO(OnlineAlgorithm):
         """The round as the loss reads it, ``[N]``: its keys (``set_keys``) name the columns."""
         n = batch.numel()
         keys = self.loss_module.tensor_keys
+        obs = batch[keys.observation]
         # The sample the stored log-probability belongs to (unclipped, for bounded Gaussians).
         taken = batch.get("action_sample", None) if keys.action == "action" else None
         taken = batch[keys.action] if taken is None else taken
         return TensorDict(
             {
-                keys.observation: batch[keys.observation].reshape(n, -1),
+                # Flat vectors stay [n, d]; images keep their [C, H, W].
+                keys.observation: obs.reshape(n, *obs.shape[batch.batch_dims :]),
                 keys.action: taken.reshape(n, *taken.shape[2:]),
                 keys.sample_log_prob: batch[keys.sample_log_prob].reshape(n),
                 keys.advantage: advantage.reshape(n),

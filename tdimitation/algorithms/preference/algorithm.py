@@ -45,14 +45,21 @@ from tdimitation.algorithms.preference.gatherers import PreferenceGatherer, Synt
 from tdimitation.algorithms.preference.regularizers import make_regularizer
 from tdimitation.algorithms.preference.schedule import agent_rounds, comparison_schedule
 from tdimitation.algorithms.preference.trainers import BasicRewardTrainer, EnsembleRewardTrainer
-from tdimitation.data.trajectory import check_matches_env, check_trajectories, episode_lengths
+from tdimitation.data.trajectory import (
+    check_matches_env,
+    check_trajectories,
+    episode_lengths,
+    episode_returns,
+)
 from tdimitation.envs import as_env_id
 from tdimitation.errors import HorizonError, PreferenceError, TrajectoryError
 from tdimitation.nn import RunningNorm
-from tdimitation.objectives.preference import PreferenceLoss, PreferenceModel
+from tdimitation.objectives.preference import TRUE_REWARD, PreferenceLoss, PreferenceModel
+from tdimitation.policies.actors import image_shape_of
 from tdimitation.policies.base import RandomPolicy
 from tdimitation.rewards import (
     CHECKPOINT_REWARD_KEY,
+    CNNRewardNet,
     MLPRewardNet,
     RewardEnsemble,
     RewardNet,
@@ -95,8 +102,14 @@ class PreferenceComparisons(OnlineAlgorithm):
             callable of t in [0, 1] when built in Python).
         fragment_length: transitions per fragment.
         transition_oversampling: transitions sampled per transition the fragments need.
-        comparison_queue_size: most comparisons kept (None: all).
-        reward_kwargs: :class:`~tdimitation.rewards.MLPRewardNet` arguments.
+        comparison_queue_size: most comparisons kept (None: all). The dataset stores only
+            what the reward model reads and the true reward, so with image observations its
+            memory is about ``comparison_queue_size`` x 2 x ``fragment_length`` images.
+        reward_type: ``"mlp"`` (:class:`~tdimitation.rewards.MLPRewardNet`), ``"cnn"``
+            (:class:`~tdimitation.rewards.CNNRewardNet`) or ``"auto"`` (CNN for image
+            observations, MLP otherwise).
+        reward_kwargs: the reward net's arguments (an MLP net also gets
+            ``normalize_input=True`` unless told otherwise).
         ensemble_size: members of a reward ensemble (None: a single net; else >= 2).
         active_selection: keep the pairs the ensemble disagrees on most.
         active_selection_oversampling: candidates per kept pair.
@@ -115,7 +128,7 @@ class PreferenceComparisons(OnlineAlgorithm):
         allow_variable_horizon: accept episodes of different lengths.
     """
 
-    progress_bar_keys = ("reward/accuracy", "preferences/dataset_size")
+    progress_bar_keys = ("reward/accuracy", "preferences/dataset_size", "episode/learned_return")
 
     def __init__(
         self,
@@ -135,6 +148,7 @@ class PreferenceComparisons(OnlineAlgorithm):
         fragment_length: int = 100,
         transition_oversampling: float = 1.0,
         comparison_queue_size: int | None = None,
+        reward_type: str = "auto",
         reward_kwargs: dict[str, Any] | None = None,
         ensemble_size: int | None = None,
         active_selection: bool = False,
@@ -200,6 +214,10 @@ class PreferenceComparisons(OnlineAlgorithm):
             raise PreferenceError(f"exploration_frac must be in [0, 1], got {exploration_frac}")
         if fragment_length < 1 or transition_oversampling < 1:
             raise PreferenceError("fragment_length and transition_oversampling must be >= 1")
+        if reward_type not in _REWARD_TYPES:
+            raise PreferenceError(
+                f"unknown reward_type {reward_type!r}; choose one of {list(_REWARD_TYPES)}"
+            )
         # A callable schedule cannot be a hyperparameter (checkpoints load weights-only).
         self.save_hyperparameters(
             ignore=["trajectories"] + (["query_schedule"] if callable(query_schedule) else [])
@@ -224,7 +242,9 @@ class PreferenceComparisons(OnlineAlgorithm):
         else:
             self.agent = None
         with seeded(None if seed is None else seed + 1):
-            self.reward_net = self._build_reward_net(dict(reward_kwargs or {}), ensemble_size)
+            self.reward_net = self._build_reward_net(
+                reward_type, dict(reward_kwargs or {}), ensemble_size
+            )
         self.preference_model = PreferenceModel(
             self.reward_net, noise_prob, discount_factor, label_threshold
         )
@@ -273,13 +293,18 @@ class PreferenceComparisons(OnlineAlgorithm):
         self._horizon: int | None = None
 
     # ----------------------------------------------------------------- building
-    def _build_reward_net(self, kwargs: dict[str, Any], ensemble_size: int | None) -> RewardNet:
-        options = {"normalize_input": True} | kwargs
+    def _build_reward_net(
+        self, kind: str, kwargs: dict[str, Any], ensemble_size: int | None
+    ) -> RewardNet:
+        if kind == "auto":
+            kind = "cnn" if image_shape_of(self.env) is not None else "mlp"
+        if kind == "cnn":
+            cls, options = CNNRewardNet, kwargs
+        else:
+            cls, options = MLPRewardNet, {"normalize_input": True} | kwargs
         if ensemble_size:
-            return RewardEnsemble(
-                [MLPRewardNet.from_env(self.env, **options) for _ in range(ensemble_size)]
-            )
-        return MLPRewardNet.from_env(self.env, **options)
+            return RewardEnsemble([cls.from_env(self.env, **options) for _ in range(ensemble_size)])
+        return cls.from_env(self.env, **options)
 
     def collection_policy(self):
         return self.exploration
@@ -377,9 +402,36 @@ class PreferenceComparisons(OnlineAlgorithm):
     def training_step(self, round_index: int, batch_idx: int) -> None:
         if not self.fixed_dataset:
             return super().training_step(round_index, batch_idx)
-        metrics = self.preference_query(self.trajectories)
-        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, on_step=True, batch_size=1)
+        metrics = self.preference_query(self.trajectories) | self._dataset_returns()
+        # Named as in the agent mode: the progress-bar keys and the returns unprefixed.
+        shown = {*self.progress_bar_keys, "episode/return"}
+        self.log_dict({k: v for k, v in metrics.items() if k in shown}, prog_bar=True, batch_size=1)
+        self.log_dict(
+            {f"train/{k}": v for k, v in metrics.items() if k not in shown},
+            on_step=True,
+            batch_size=1,
+        )
         return None
+
+    @torch.no_grad()
+    def _dataset_returns(self) -> dict[str, float]:
+        """Mean true and learned return of the fixed dataset's episodes."""
+        episodes = self.trajectories
+        metrics = {}
+        if TRUE_REWARD in episodes.keys(True):
+            metrics["episode/return"] = float(episode_returns(episodes).mean())
+        learned = TensorDict(
+            {
+                "episode": episodes.get("episode"),
+                "next": {
+                    "done": episodes.get(("next", "done")),
+                    "reward": self._learned_reward(episodes.to(self.device)).cpu(),
+                },
+            },
+            batch_size=episodes.batch_size,
+        )
+        metrics["episode/learned_return"] = float(episode_returns(learned).mean())
+        return metrics
 
     def training_round(self, batch: TensorDictBase) -> None:
         self._remember(batch)
@@ -520,7 +572,12 @@ class PreferenceComparisons(OnlineAlgorithm):
         if not bool(match.any(1).all()):
             raise PreferenceError("the gatherer answered ids that were never submitted")
         position = match.float().argmax(1)
-        self.dataset.push(self._pending[position], labels)
+        # The dataset keeps what the reward model reads and the true reward (for the
+        # accuracy against it), not the fragments' other keys: with images, storing next
+        # observations a state-only reward never reads would double the memory.
+        present = set(self._pending.keys(True))
+        keys = [k for k in (*self.reward_net.in_keys, TRUE_REWARD) if k in present]
+        self.dataset.push(self._pending[position].select(*keys), labels)
         self.comparisons += int(ids.numel())
         keep = ~match.any(0)
         self._pending = self._pending[keep] if bool(keep.any()) else None
@@ -576,6 +633,9 @@ class PreferenceComparisons(OnlineAlgorithm):
         self._pending = None if pending is None else TensorDict.from_dict(pending, batch_dims=3)
         self._pending_ids = state["pending_ids"]
         self._sampled = [TensorDict.from_dict(b, batch_dims=2) for b in state["sampled"]]
+
+
+_REWARD_TYPES = ("auto", "mlp", "cnn")
 
 
 def _gatherer_seed(seed: int | None) -> int:
