@@ -43,6 +43,7 @@ from tdimitation.algorithms.preference.fragments import (
 )
 from tdimitation.algorithms.preference.gatherers import PreferenceGatherer, SyntheticGatherer
 from tdimitation.algorithms.preference.regularizers import make_regularizer
+from tdimitation.algorithms.preference.reward_nets import build_reward_net, check_reward_settings
 from tdimitation.algorithms.preference.schedule import agent_rounds, comparison_schedule
 from tdimitation.algorithms.preference.trainers import BasicRewardTrainer, EnsembleRewardTrainer
 from tdimitation.data.trajectory import (
@@ -55,16 +56,8 @@ from tdimitation.envs import as_env_id
 from tdimitation.errors import HorizonError, PreferenceError, TrajectoryError
 from tdimitation.nn import RunningNorm
 from tdimitation.objectives.preference import TRUE_REWARD, PreferenceLoss, PreferenceModel
-from tdimitation.policies.actors import image_shape_of
 from tdimitation.policies.base import RandomPolicy
-from tdimitation.rewards import (
-    CHECKPOINT_REWARD_KEY,
-    CNNRewardNet,
-    MLPRewardNet,
-    RewardEnsemble,
-    RewardNet,
-    reward_payload,
-)
+from tdimitation.rewards import CHECKPOINT_REWARD_KEY, reward_payload
 from tdimitation.rl.base import OnlineAlgorithm, RoundIndices, identity_collate, without_modules
 from tdimitation.utils import seeded
 
@@ -205,19 +198,11 @@ class PreferenceComparisons(OnlineAlgorithm):
                 f"total_frames ({total_frames}) must be a multiple of the agent's round "
                 f"({frames_per_batch} frames) so that agent steps sum to the budget"
             )
-        if ensemble_size is not None and ensemble_size < 2:
-            raise PreferenceError(
-                f"a reward ensemble needs at least 2 members, got ensemble_size={ensemble_size}"
-                " (None for a single reward net)"
-            )
+        check_reward_settings(reward_type, ensemble_size)
         if not 0.0 <= exploration_frac <= 1.0:
             raise PreferenceError(f"exploration_frac must be in [0, 1], got {exploration_frac}")
         if fragment_length < 1 or transition_oversampling < 1:
             raise PreferenceError("fragment_length and transition_oversampling must be >= 1")
-        if reward_type not in _REWARD_TYPES:
-            raise PreferenceError(
-                f"unknown reward_type {reward_type!r}; choose one of {list(_REWARD_TYPES)}"
-            )
         # A callable schedule cannot be a hyperparameter (checkpoints load weights-only).
         self.save_hyperparameters(
             ignore=["trajectories"] + (["query_schedule"] if callable(query_schedule) else [])
@@ -242,8 +227,8 @@ class PreferenceComparisons(OnlineAlgorithm):
         else:
             self.agent = None
         with seeded(None if seed is None else seed + 1):
-            self.reward_net = self._build_reward_net(
-                reward_type, dict(reward_kwargs or {}), ensemble_size
+            self.reward_net = build_reward_net(
+                self.env, reward_type, dict(reward_kwargs or {}), ensemble_size
             )
         self.preference_model = PreferenceModel(
             self.reward_net, noise_prob, discount_factor, label_threshold
@@ -291,20 +276,6 @@ class PreferenceComparisons(OnlineAlgorithm):
         self._sampled: list[TensorDictBase] = []
         self._sample_frames = 0
         self._horizon: int | None = None
-
-    # ----------------------------------------------------------------- building
-    def _build_reward_net(
-        self, kind: str, kwargs: dict[str, Any], ensemble_size: int | None
-    ) -> RewardNet:
-        if kind == "auto":
-            kind = "cnn" if image_shape_of(self.env) is not None else "mlp"
-        if kind == "cnn":
-            cls, options = CNNRewardNet, kwargs
-        else:
-            cls, options = MLPRewardNet, {"normalize_input": True} | kwargs
-        if ensemble_size:
-            return RewardEnsemble([cls.from_env(self.env, **options) for _ in range(ensemble_size)])
-        return cls.from_env(self.env, **options)
 
     def collection_policy(self):
         return self.exploration
@@ -633,9 +604,6 @@ class PreferenceComparisons(OnlineAlgorithm):
         self._pending = None if pending is None else TensorDict.from_dict(pending, batch_dims=3)
         self._pending_ids = state["pending_ids"]
         self._sampled = [TensorDict.from_dict(b, batch_dims=2) for b in state["sampled"]]
-
-
-_REWARD_TYPES = ("auto", "mlp", "cnn")
 
 
 def _gatherer_seed(seed: int | None) -> int:
