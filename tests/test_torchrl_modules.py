@@ -15,7 +15,7 @@ import torch
 from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from tdimitation.algorithms import AIRL, BC, GAIL, DemonstrationData
+from tdimitation.algorithms import AIRL, BC, GAIL, SQIL, DemonstrationData
 from tdimitation.data import rollout
 from tdimitation.envs import make_env
 from tdimitation.errors import PolicyError
@@ -30,7 +30,7 @@ from tdimitation.objectives import (
 from tdimitation.objectives.protocols import ActionEvaluator, StateValueCritic
 from tdimitation.policies import load_policy, policy_from_string
 from tdimitation.policies.adapters import TorchRLPolicy, TorchRLValue
-from tdimitation.rl import PPO, SAC
+from tdimitation.rl import DQN, PPO, SAC
 from tests.helpers import quiet_trainer
 from tests.torchrl_modules import (
     action_value_operator,
@@ -384,3 +384,56 @@ def test_dagger_trains_a_torchrl_actor_without_stored_log_probs():
     start = flat_parameters(actor)
     quiet_trainer().fit(model)
     assert not torch.equal(flat_parameters(actor), start)
+
+
+def test_dqn_trains_a_torchrl_q_network_and_explores_with_the_runs_generator(tmp_path):
+    network = action_value_operator(4, 2)
+    start = flat_parameters(network)
+
+    def build():
+        return DQN(
+            "CartPole-v1",
+            num_envs=2,
+            frames_per_batch=32,
+            total_frames=192,
+            learning_starts=64,
+            batch_size=32,
+            gradient_steps=4,
+            qnet=network,
+        )
+
+    model = build()
+    assert model.actor.q_network.module is network
+    trainer = quiet_trainer(default_root_dir=tmp_path)
+    trainer.fit(model)
+    assert not torch.equal(flat_parameters(network), start)
+    assert model.num_updates > 0
+    assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
+    # Exploring: random actions come from the run's generator, attached to the wrapper.
+    assert model.actor.rng is model.rng
+    # Evaluation is greedy through the user's network.
+    policy = model.export_policy()
+    assert float(policy.epsilon) == 0.0
+    obs = torch.randn(5, 4)
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        action = policy(TensorDict({"observation": obs}, [5]))["action"]
+    expected = network(TensorDict({"observation": obs}, [5]))["action_value"].argmax(-1)
+    assert torch.equal(action, expected)
+
+
+def test_sqil_trains_a_torchrl_q_network_through_agent_kwargs(cartpole_demos):
+    network = action_value_operator(4, 2)
+    start = flat_parameters(network)
+    model = SQIL(
+        "CartPole-v1",
+        demonstrations=cartpole_demos,
+        agent="dqn",
+        num_envs=2,
+        total_frames=192,
+        agent_kwargs=dict(
+            frames_per_batch=32, learning_starts=64, batch_size=32, gradient_steps=4, qnet=network
+        ),
+    )
+    assert "qnet" not in model.hparams["agent_kwargs"]
+    quiet_trainer().fit(model)
+    assert not torch.equal(flat_parameters(network), start)

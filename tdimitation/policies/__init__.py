@@ -9,6 +9,7 @@ from tdimitation.policies.actors import (
     build_actor,
 )
 from tdimitation.policies.adapters import (
+    EpsilonGreedyQPolicy,
     TorchRLCriticEnsemble,
     TorchRLPolicy,
     TorchRLQValues,
@@ -40,6 +41,7 @@ __all__ = [
     "TorchRLCriticEnsemble",
     "TorchRLPolicy",
     "TorchRLQValues",
+    "EpsilonGreedyQPolicy",
     "TorchRLValue",
     "CallablePolicy",
     "FunctionPolicy",

@@ -442,15 +442,28 @@ class QValueActor(MLPActor):
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         q = self.q_values(tensordict.get("observation"))
-        action = q.argmax(-1)
-        if not is_deterministic() and float(self.epsilon) > 0:
-            explore = uniform(action.shape, self.rng, q.device) < self.epsilon
-            random_action = randint(q.shape[-1], action.shape, self.rng, q.device)
-            action = torch.where(explore, random_action, action)
-        tensordict.set("action", action)
-        tensordict.set("action_value", q)
-        tensordict.set("chosen_action_value", q.gather(-1, action.unsqueeze(-1)).squeeze(-1))
-        return tensordict
+        return write_epsilon_greedy(tensordict, q, self.epsilon, self.rng)
+
+
+def write_epsilon_greedy(
+    tensordict: TensorDictBase,
+    q: torch.Tensor,
+    epsilon: torch.Tensor,
+    rng: torch.Generator | None,
+) -> TensorDictBase:
+    """Write the greedy ``action`` over ``q`` (``[..., n_actions]``), ``action_value`` and
+    ``chosen_action_value``; while exploring, each action is uniformly random with
+    probability ``epsilon``, drawn from ``rng``.
+    """
+    action = q.argmax(-1)
+    if not is_deterministic() and float(epsilon) > 0:
+        explore = uniform(action.shape, rng, q.device) < epsilon
+        random_action = randint(q.shape[-1], action.shape, rng, q.device)
+        action = torch.where(explore, random_action, action)
+    tensordict.set("action", action)
+    tensordict.set("action_value", q)
+    tensordict.set("chosen_action_value", q.gather(-1, action.unsqueeze(-1)).squeeze(-1))
+    return tensordict
 
 
 ACTOR_CLASSES: dict[str, type[MLPActor]] = {

@@ -38,12 +38,15 @@ from torchrl.data import Categorical as CategoricalSpec
 from torchrl.modules import OneHotCategorical as TorchRLOneHotCategorical
 
 from tdimitation.errors import PolicyError
+from tdimitation.policies.actors import write_epsilon_greedy
+from tdimitation.rng import Stochastic
 
 __all__ = [
     "TorchRLCriticEnsemble",
     "TorchRLPolicy",
     "TorchRLQValues",
     "TorchRLValue",
+    "EpsilonGreedyQPolicy",
     "as_actor",
     "as_critic_ensemble",
     "as_q_network",
@@ -398,6 +401,36 @@ def as_q_network(network: nn.Module) -> nn.Module:
         f"{type(network).__name__} is not a Q-network: pass a torchrl module writing "
         "action_value, or a module with q_values(observation)"
     )
+
+
+class EpsilonGreedyQPolicy(TensorDictModuleBase, Stochastic):
+    """A user's Q-network as DQN's collection policy: greedy, epsilon-greedy while exploring.
+
+    The counterpart of :class:`~tdimitation.policies.actors.QValueActor` for networks built
+    elsewhere: ``q_network`` is read through ``q_values(observation)`` (a torchrl module
+    writing ``action_value`` is wrapped in a :class:`TorchRLQValues`). ``epsilon`` is a
+    buffer the training algorithm anneals; random actions draw from the run's generator.
+
+    Args:
+        q_network: the Q-network over discrete actions.
+        epsilon: initial exploration rate.
+    """
+
+    def __init__(self, q_network: nn.Module, epsilon: float = 0.0) -> None:
+        super().__init__()
+        self.q_network = as_q_network(q_network)
+        self.register_buffer("epsilon", torch.tensor(float(epsilon)))
+        self.obs_norm = getattr(self.q_network, "obs_norm", None)
+        self.in_keys = [OBSERVATION]
+        self.out_keys = [ACTION, "action_value", "chosen_action_value"]
+
+    def q_values(self, observation: torch.Tensor) -> torch.Tensor:
+        """``Q(s, .)`` ``[B, n_actions]``."""
+        return self.q_network.q_values(observation)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        q = self.q_values(tensordict.get(OBSERVATION))
+        return write_epsilon_greedy(tensordict, q, self.epsilon, self.rng)
 
 
 def as_critic_ensemble(critics: nn.Module | Sequence[nn.Module], num_critics: int = 2):

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
 from torchrl.data import Categorical as CategoricalSpec
 from torchrl.data import MultiCategorical, ReplayBuffer
 
@@ -32,6 +33,7 @@ from tdimitation.envs import as_env_id
 from tdimitation.errors import SpaceMismatchError
 from tdimitation.objectives.dqn import QLearningLoss
 from tdimitation.policies.actors import QValueActor, build_actor
+from tdimitation.policies.adapters import EpsilonGreedyQPolicy
 from tdimitation.rl.base import OnlineAlgorithm
 from tdimitation.utils import check_positive, plain_backward, seeded
 
@@ -41,7 +43,8 @@ __all__ = ["DQN", "QLearningLoss"]
 class DQN(OnlineAlgorithm):
     """Deep Q-learning (Mnih et al., 2015) for Discrete action spaces.
 
-    The policy is :attr:`actor` (:class:`~tdimitation.policies.QValueActor`): epsilon-greedy
+    The policy is :attr:`actor` (:class:`~tdimitation.policies.QValueActor`, or an
+    :class:`~tdimitation.policies.adapters.EpsilonGreedyQPolicy` over ``qnet``): epsilon-greedy
     while collecting, greedy under deterministic exploration. Checkpoints restore the
     networks (online and target), optimizer, observation normaliser, replay buffer (sized
     to its contents), frame and update counters and RNG states; the exported policy is a
@@ -73,6 +76,13 @@ class DQN(OnlineAlgorithm):
         normalize_observations: normalise observations with running statistics (updated
             after each round's gradient steps; the target network shares them).
         loss_function: ``"smooth_l1"`` (Huber, as SB3) or ``"l2"``.
+        qnet: the Q-network to train instead of a new MLP, e.g. a torchrl ``ValueOperator``
+            writing ``action_value`` or a ``QValueActor``; :attr:`actor` is then an
+            :class:`~tdimitation.policies.adapters.EpsilonGreedyQPolicy` over it
+            (``actor.q_network.module`` is yours). Not a hyperparameter: pass it again to
+            ``load_from_checkpoint``. ``hidden_sizes``, ``activation`` and
+            ``normalize_observations`` then go unused, and the checkpoint's exported-policy
+            entry is empty (the weights are in its state dict).
     """
 
     def __init__(
@@ -101,6 +111,7 @@ class DQN(OnlineAlgorithm):
         activation: str = "relu",
         normalize_observations: bool = False,
         loss_function: str = "smooth_l1",
+        qnet: TensorDictModuleBase | None = None,
     ) -> None:
         # A user's env class or factory is kept as its "module:Name" entry point, so
         # hyperparameters stay strings and checkpoints load with weights_only=True.
@@ -114,7 +125,8 @@ class DQN(OnlineAlgorithm):
             fixed_horizon=fixed_horizon,
             env_kwargs=env_kwargs,
         )
-        self.save_hyperparameters()
+        # Networks are not hyperparameters (checkpoints load with weights_only=True).
+        self.save_hyperparameters(ignore=["qnet"])
         check_positive(batch_size=batch_size, buffer_size=buffer_size)
         check_positive(target_update_interval=target_update_interval)
         if buffer_size < batch_size:
@@ -140,14 +152,17 @@ class DQN(OnlineAlgorithm):
                 "multi-discrete actions"
             )
         # Initial weights from ``seed``, not from the global RNG's state: runs repeat.
-        with seeded(seed):
-            self.actor: QValueActor = build_actor(
-                self.env,
-                kind="qvalue",
-                hidden_sizes=hidden_sizes,
-                activation=activation,
-                normalize_observations=normalize_observations,
-            )
+        if qnet is not None:
+            self.actor: QValueActor | EpsilonGreedyQPolicy = EpsilonGreedyQPolicy(qnet)
+        else:
+            with seeded(seed):
+                self.actor = build_actor(
+                    self.env,
+                    kind="qvalue",
+                    hidden_sizes=hidden_sizes,
+                    activation=activation,
+                    normalize_observations=normalize_observations,
+                )
         # Frame 0 is in the random warm-up unless learning starts at once (exploration_rate(0),
         # from the arguments: a driving algorithm sets this module's hparams after __init__).
         self.actor.epsilon.fill_(1.0 if learning_starts > 0 else float(exploration_initial_eps))
@@ -181,10 +196,10 @@ class DQN(OnlineAlgorithm):
         self.actor.epsilon.fill_(self.exploration_rate(self.frames))
 
     # ------------------------------------------------------------------ policy
-    def collection_policy(self) -> QValueActor:
+    def collection_policy(self) -> QValueActor | EpsilonGreedyQPolicy:
         return self.actor
 
-    def export_policy(self) -> QValueActor:
+    def export_policy(self) -> QValueActor | EpsilonGreedyQPolicy:
         """A greedy copy of the actor (``epsilon = 0``) for saving and evaluation."""
         policy = copy.deepcopy(self.actor).cpu()
         policy.epsilon.zero_()
@@ -192,7 +207,7 @@ class DQN(OnlineAlgorithm):
 
     # ---------------------------------------------------------------- training
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = list(self.actor.net.parameters())
+        params = list(self.actor.parameters())
         try:
             # Fused Adam is ~4x faster per step on CPU for small networks.
             return torch.optim.Adam(params, lr=self.hparams.lr, fused=True)
@@ -234,7 +249,7 @@ class DQN(OnlineAlgorithm):
             metrics = self._update(
                 n_steps, optimizer, backward or plain_backward, reward_fn, sample_fn
             )
-        if self.actor.obs_norm is not None:
+        if getattr(self.actor, "obs_norm", None) is not None:
             # After the updates: this round's targets used the statistics it was collected with.
             self.actor.obs_norm.update(batch.get("observation").reshape(batch.numel(), -1))
         metrics["updates"] = float(self.num_updates)
@@ -260,7 +275,7 @@ class DQN(OnlineAlgorithm):
             block.set(("next", keys.reward), reward_fn(block).reshape(-1, 1))
         # Only the loss's inputs, as n_steps minibatches: indexing then touches five leaves.
         minibatches = block.select(*self.loss.in_keys).reshape(n_steps, bs)
-        params = list(self.actor.net.parameters())
+        params = list(self.actor.parameters())
         losses, q_values = [], []
         for k in range(n_steps):
             # The module's forward is what trains: a subclass or set_keys governs it.
