@@ -419,6 +419,11 @@ def test_dqn_trains_a_torchrl_q_network_and_explores_with_the_runs_generator(tmp
         action = policy(TensorDict({"observation": obs}, [5]))["action"]
     expected = network(TensorDict({"observation": obs}, [5]))["action_value"].argmax(-1)
     assert torch.equal(action, expected)
+    # A checkpoint restores the user's network (passed again, as it is no hyperparameter).
+    path = tmp_path / "dqn.ckpt"
+    trainer.save_checkpoint(path)
+    restored = DQN.load_from_checkpoint(path, qnet=action_value_operator(4, 2), weights_only=True)
+    assert torch.equal(flat_parameters(restored.actor), flat_parameters(model.actor))
 
 
 def test_sqil_trains_a_torchrl_q_network_through_agent_kwargs(cartpole_demos):
