@@ -67,6 +67,20 @@ FIXED_HORIZON_ENVS: dict[str, tuple[str, dict[str, Any], int]] = {
     "tdimitation/MountainCarContinuousFixed-v0": ("MountainCarContinuous-v0", {}, 999),
     "tdimitation/LunarLanderFixed-v3": ("LunarLander-v3", {}, 500),
     "tdimitation/LunarLanderContinuousFixed-v3": ("LunarLander-v3", {"continuous": True}, 500),
+    # The seals MuJoCo tasks on gymnasium's v5 models (the `mujoco` extra): the body's
+    # position is part of the observation (a reward learned from observations can then see
+    # progress), and falling does not end the episode, so all last 1,000 steps.
+    **{
+        f"tdimitation/{name}Fixed-v5": (
+            f"{name}-v5",
+            {"exclude_current_positions_from_observation": False}
+            | (
+                {"terminate_when_unhealthy": False} if name in ("Ant", "Hopper", "Walker2d") else {}
+            ),
+            1000,
+        )
+        for name in ("Ant", "HalfCheetah", "Hopper", "Swimmer", "Walker2d")
+    },
 }
 
 
