@@ -147,6 +147,36 @@ class RunningNorm(_MomentNorm):
         self.count.copy_(total)
 
 
+@torch.no_grad()
+def discounted_returns(
+    reward: torch.Tensor, done: torch.Tensor, carry: torch.Tensor, gamma: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Running discounted returns of ``[N, T]`` rewards, each env's sum reset after ``done``.
+
+    ``carry`` ``[N]`` is each env's return before this block; returns the block's returns
+    ``[N, T]`` and the carry after it (the statistics SB3's ``VecNormalize`` scales rewards
+    by, computed per block instead of per step).
+    """
+    carry = carry.to(reward.device)
+    returns = torch.empty_like(reward)
+    for t in range(reward.shape[1]):
+        carry = gamma * carry + reward[:, t]
+        returns[:, t] = carry
+        carry = torch.where(done[:, t], torch.zeros_like(carry), carry)
+    return returns, carry
+
+
+def scale_by_return_std(
+    reward: torch.Tensor, return_norm: RunningNorm, clip: float = 10.0
+) -> torch.Tensor:
+    """``reward`` divided by the running std of the discounted return, clipped to ``±clip``.
+
+    Scaled, not centred (as ``VecNormalize``): a shift would change which returns are best.
+    """
+    scale = (return_norm.var + return_norm.eps).sqrt().to(reward.dtype)
+    return (reward / scale).clamp(-clip, clip)
+
+
 class EMANorm(_MomentNorm):
     """Normalise inputs by exponentially weighted moving mean and variance, per batch.
 

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tdimitation.data.trajectory import check_matches_env, check_trajectories, episode_lengths
 from tdimitation.envs import as_env_id
 from tdimitation.errors import HorizonError, TrajectoryError
-from tdimitation.nn import RunningNorm
+from tdimitation.nn import RunningNorm, discounted_returns, scale_by_return_std
 from tdimitation.objectives.adversarial import AIRLDiscriminatorLoss, DiscriminatorLoss
 from tdimitation.objectives.bc import BCLoss
 from tdimitation.rewards import (
@@ -268,9 +268,7 @@ class AdversarialImitation(OnlineAlgorithm):
         if self.reward_scaling == "step":
             reward = self.reward_norm(reward)
         elif self.reward_scaling == "return":
-            # Scaled, not centred (as SB3's VecNormalize): a shift would change returns.
-            scale = (self.reward_norm.var + self.reward_norm.eps).sqrt().to(reward.dtype)
-            reward = (reward / scale).clamp(-10.0, 10.0)
+            reward = scale_by_return_std(reward, self.reward_norm)
         return reward
 
     @torch.no_grad()
@@ -281,12 +279,7 @@ class AdversarialImitation(OnlineAlgorithm):
             return
         # "return": statistics of the discounted return each step closes (VecNormalize).
         gamma = float(getattr(self.generator, "hparams", {}).get("gamma", 0.99))
-        carry = self._return_carry.to(reward.device)
-        returns = torch.empty_like(reward)
-        for t in range(reward.shape[1]):
-            carry = gamma * carry + reward[:, t]
-            returns[:, t] = carry
-            carry = torch.where(done[:, t], torch.zeros_like(carry), carry)
+        returns, carry = discounted_returns(reward, done, self._return_carry, gamma)
         self._return_carry.copy_(carry)
         self.reward_norm.update(returns)
 

@@ -11,7 +11,7 @@ from tensordict.nn import TensorDictModuleBase
 
 from tdimitation.envs import as_env_id
 from tdimitation.fused import FirstMinibatchCheck, FusedOptions, FusedUpdate, fused_update_for, gae
-from tdimitation.nn import ImageEncoder
+from tdimitation.nn import ImageEncoder, RunningNorm, discounted_returns, scale_by_return_std
 from tdimitation.objectives.ppo import PPOClipLoss
 from tdimitation.policies.actors import (
     CategoricalActor,
@@ -90,6 +90,11 @@ class PPO(OnlineAlgorithm):
         hidden_sizes: hidden widths of actor and critic.
         activation: activation name.
         normalize_observations: running observation normalisation, stored in the policy.
+        normalize_rewards: divide the rewards PPO trains on by the running standard
+            deviation of each sub-env's discounted return (as Stable-Baselines3's
+            ``VecNormalize(norm_reward=True)``; not centred, clipped to ±10). The statistics
+            are folded in once per round, before its advantages, and are checkpointed;
+            logged episode returns stay the true ones. The usual setting for MuJoCo tasks.
         log_std_init: initial log standard deviation (continuous actions).
         cnn: image encoder options (:class:`~tdimitation.nn.ImageEncoder` arguments other
             than ``image_shape``) for image observations; None: the Nature-CNN defaults.
@@ -136,6 +141,7 @@ class PPO(OnlineAlgorithm):
         hidden_sizes: Sequence[int] = (64, 64),
         activation: str = "tanh",
         normalize_observations: bool = False,
+        normalize_rewards: bool = False,
         log_std_init: float = 0.0,
         cnn: dict[str, Any] | None = None,
         compile_loss: bool = False,
@@ -203,6 +209,12 @@ class PPO(OnlineAlgorithm):
             ent_coef=ent_coef,
             normalize_advantage=normalize_advantage,
         )
+        # Statistics of the discounted return and each sub-env's running return, for
+        # normalize_rewards (none otherwise, so default state dicts are unchanged).
+        self.return_norm: RunningNorm | None = None
+        if normalize_rewards:
+            self.return_norm = RunningNorm(())
+            self.register_buffer("_return_carry", torch.zeros(num_envs), persistent=True)
         # (loss module, its compiled forward): compiled again when the loss is swapped.
         self._compiled_loss: tuple[torch.nn.Module, Callable] | None = None
         self._fused_check = FirstMinibatchCheck()
@@ -229,7 +241,7 @@ class PPO(OnlineAlgorithm):
 
         Rewards are the batch's ``("next", "reward")``, or ``reward_fn(batch)`` when given.
         """
-        advantage, value_target, _ = self._advantages(batch, reward_fn)
+        advantage, value_target, _ = self._advantages(batch, reward_fn, fold_rewards=False)
         return advantage, value_target
 
     @torch.no_grad()
@@ -237,8 +249,13 @@ class PPO(OnlineAlgorithm):
         self,
         batch: TensorDictBase,
         reward_fn: Callable[[TensorDictBase], torch.Tensor] | None = None,
+        fold_rewards: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`advantages` and the state values ``[N, T, 1]`` they were computed from."""
+        """:meth:`advantages` and the state values ``[N, T, 1]`` they were computed from.
+
+        With ``normalize_rewards``, the round's rewards are scaled, after folding their
+        returns into the statistics when ``fold_rewards`` (training rounds only).
+        """
         obs, next_obs = batch["observation"], batch["next", "observation"]
         value = self.critic.value(obs)
         # V(next_obs[t]) is V(obs[t+1]) wherever the two rows are equal (no reset between):
@@ -249,6 +266,15 @@ class PPO(OnlineAlgorithm):
         fresh[:, :-1] = (next_obs[:, :-1] != obs[:, 1:]).flatten(2).any(-1)
         next_value[fresh] = self.critic.value(next_obs[fresh])
         reward = batch["next", "reward"] if reward_fn is None else reward_fn(batch)
+        if self.return_norm is not None:
+            if fold_rewards:
+                done = batch["next", "done"][..., 0]
+                returns, carry = discounted_returns(
+                    reward[..., 0], done, self._return_carry, self.hparams.gamma
+                )
+                self._return_carry.copy_(carry)
+                self.return_norm.update(returns)
+            reward = scale_by_return_std(reward, self.return_norm)
         advantage, value_target = gae(
             self.hparams.gamma,
             self.hparams.gae_lambda,
