@@ -85,8 +85,8 @@ class ThreadCount(L.Callback):
         self._restore()
 
 
-class OutputsInDataDir(L.Callback):
-    """Keep what Lightning writes by default inside the data directory, not the cwd.
+def keep_outputs_in_data_dir(trainer: L.Trainer) -> None:
+    """Move what Lightning writes by default from the working directory to the data dir.
 
     A ``Trainer`` without ``default_root_dir`` writes its default logger's files
     (``lightning_logs/``) and its default checkpoints (``checkpoints/``, or
@@ -94,36 +94,36 @@ class OutputsInDataDir(L.Callback):
     working directory. This moves them under ``<data dir>/lightning/``
     (:func:`~tdimitation.tracking.data_dir`). A Trainer given ``default_root_dir``, a logger
     with a directory of its own, or a ``ModelCheckpoint`` with a ``dirpath`` is left alone.
+    Called when the algorithm's callbacks are attached: Lightning creates its loggers'
+    directories in the very next step, before any callback hook runs.
     """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        from lightning.pytorch.callbacks import ModelCheckpoint
-        from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from tdimitation.tracking import data_dir
 
-        from tdimitation.tracking import data_dir
-
-        cwd = os.getcwd()
-        if trainer.default_root_dir != cwd:
-            return  # the user chose where Lightning writes
-        root = data_dir() / "lightning"
-        loggers = []
-        for logger in trainer.loggers:
-            if isinstance(logger, CSVLogger | TensorBoardLogger) and logger.save_dir == cwd:
-                # Lightning's default logger (the only one rooted at the cwd by default).
-                logger = type(logger)(save_dir=str(root), name=logger.name)
-            loggers.append(logger)
-        trainer.loggers = loggers
-        for callback in trainer.checkpoint_callbacks:
-            if not isinstance(callback, ModelCheckpoint) or callback.dirpath is not None:
-                continue
-            if not loggers:
-                callback.dirpath = str(root / "checkpoints")
-            elif loggers[0].save_dir is None:
-                # Lightning would use <cwd>/<name>/<version>/checkpoints (MLflow on sqlite).
-                first = loggers[0]
-                version = first.version
-                version = version if isinstance(version, str) else f"version_{version}"
-                callback.dirpath = str(root / str(first.name) / version / "checkpoints")
+    cwd = os.getcwd()
+    if trainer.default_root_dir != cwd:
+        return  # the user chose where Lightning writes
+    root = data_dir() / "lightning"
+    loggers = []
+    for logger in trainer.loggers:
+        if isinstance(logger, CSVLogger | TensorBoardLogger) and logger.save_dir == cwd:
+            # Lightning's default logger (the only one rooted at the cwd by default).
+            logger = type(logger)(save_dir=str(root), name=logger.name)
+        loggers.append(logger)
+    trainer.loggers = loggers
+    for callback in trainer.checkpoint_callbacks:
+        if not isinstance(callback, ModelCheckpoint) or callback.dirpath is not None:
+            continue
+        if not loggers:
+            callback.dirpath = str(root / "checkpoints")
+        elif loggers[0].save_dir is None:
+            # Lightning would use <cwd>/<name>/<version>/checkpoints (MLflow on sqlite).
+            first = loggers[0]
+            version = first.version
+            version = version if isinstance(version, str) else f"version_{version}"
+            callback.dirpath = str(root / str(first.name) / version / "checkpoints")
 
 
 #: Checkpoint key naming the algorithm and env that wrote it (see :func:`module_origin`).
@@ -153,7 +153,7 @@ class FitCallbacks:
     """Mixin of the algorithms: the callbacks every fit runs under, from Python or the CLI.
 
     :class:`~tdimitation.budget.BudgetGuard` (the algorithm's budget is the only one),
-    :class:`OutputsInDataDir` (nothing written in the working directory),
+    :func:`keep_outputs_in_data_dir` (nothing written in the working directory),
     :class:`CheckpointOrigin` (checkpoints name their algorithm and env) and
     :class:`ThreadCount`. Set ``module.num_threads`` (or ``$TDIMITATION_NUM_THREADS``) to
     override the thread count; ``module.num_threads = 0`` leaves torch's setting alone.
@@ -164,8 +164,12 @@ class FitCallbacks:
 
     def configure_callbacks(self) -> list[L.Callback]:
         from tdimitation.budget import BudgetGuard
+        from tdimitation.utils import attached_trainer
 
-        callbacks: list[L.Callback] = [BudgetGuard(), OutputsInDataDir(), CheckpointOrigin()]
+        trainer = attached_trainer(self)
+        if trainer is not None:
+            keep_outputs_in_data_dir(trainer)
+        callbacks: list[L.Callback] = [BudgetGuard(), CheckpointOrigin()]
         if self.num_threads != 0:
             callbacks.append(ThreadCount(self.num_threads))
         return callbacks
