@@ -68,8 +68,17 @@ def _budget(module: Any) -> TrainingBudget:
     return module.training_budget()
 
 
-def check_trainer_limits(trainer: L.Trainer, module: Any) -> None:
+def check_trainer_limits(
+    trainer: L.Trainer, module: Any, epochs_done: int | None = None, max_epochs: Any = ...
+) -> None:
     """Refuse Trainer limits that would repeat or cut ``module``'s own budget.
+
+    Args:
+        trainer: the Trainer about to fit.
+        module: an algorithm (with ``training_budget()``).
+        epochs_done: epochs finished before this fit (a resumed checkpoint's); None when
+            not known yet, which accepts any positive ``max_epochs`` for now.
+        max_epochs: the value to check (default: the Trainer's).
 
     Raises:
         BudgetError: naming the Trainer setting and the algorithm's budget argument.
@@ -80,8 +89,14 @@ def check_trainer_limits(trainer: L.Trainer, module: Any) -> None:
         f"{name}'s budget is {budget.argument}={budget.value} "
         f"(--model.init_args.{budget.argument} on the command line)"
     )
-    max_epochs = trainer.max_epochs
-    if max_epochs not in NEUTRAL_MAX_EPOCHS and max_epochs != trainer.current_epoch + 1:
+    if max_epochs is ...:
+        max_epochs = trainer.max_epochs
+    # Lightning counts max_epochs from the first run: a resume after one finished epoch
+    # may say 2 (that epoch plus the one that runs the rest of the budget).
+    consistent = max_epochs in NEUTRAL_MAX_EPOCHS or (
+        max_epochs > 0 if epochs_done is None else max_epochs == epochs_done + 1
+    )
+    if not consistent:
         effect = "train nothing" if max_epochs == 0 else "repeat or cut the run"
         raise BudgetError(
             f"trainer max_epochs={max_epochs} would {effect}: {own}; a fit is one pass "
@@ -123,13 +138,20 @@ class BudgetGuard(L.Callback):
     ``max_epochs`` to end after the current epoch, the one that runs the rest of the budget.
     """
 
+    def __init__(self) -> None:
+        self._max_epochs: Any = None
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        check_trainer_limits(trainer, pl_module)
+        # The loops (their epoch count) are restored from a checkpoint after this hook.
+        resuming = trainer.ckpt_path is not None
+        check_trainer_limits(trainer, pl_module, None if resuming else trainer.current_epoch)
         check_budget_left(pl_module)
-        # The loops' epoch count is restored after this hook: no limit until it is known.
+        self._max_epochs = trainer.max_epochs
+        # No limit until the epoch count is known.
         trainer.fit_loop.max_epochs = -1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        check_trainer_limits(trainer, pl_module, trainer.current_epoch, self._max_epochs)
         # The data is loaded now, so budgets counted in it (BC's epochs) are known.
         check_budget_left(pl_module)
         trainer.fit_loop.max_epochs = trainer.current_epoch + 1

@@ -129,10 +129,10 @@ def fit_main(argv: list[str] | None = None) -> int:
         sys.argv = saved_argv
         banners.setLevel(saved_level)
     # Refuse before the run writes anything (MLflow run, run directory).
-    if hasattr(cli.model, "training_budget"):
-        check_trainer_limits(cli.trainer, cli.model)
-    checked: set[str] = set()
     ckpt_path = cli.config.get("ckpt_path")
+    if hasattr(cli.model, "training_budget"):
+        check_trainer_limits(cli.trainer, cli.model, None if ckpt_path else 0)
+    checked: set[str] = set()
     if ckpt_path:
         # Read once (a checkpoint can hold large replay buffers): _run skips checked ones.
         check_checkpoint(ckpt_path, cli.model)
