@@ -13,9 +13,9 @@ silently, so :class:`BudgetGuard` (added by every algorithm, see
 :class:`~tdimitation.callbacks.FitCallbacks`) refuses the ones that conflict with it and
 maps ``max_epochs`` onto it:
 
-* ``max_epochs``: unset (Lightning's default), ``-1`` or ``1``: the fit ends when the
-  budget is used up, whatever epoch a resumed checkpoint stopped in. Anything else is
-  refused.
+* ``max_epochs``: unset (Lightning's default), ``-1`` or ``1`` (or, resuming, the
+  checkpoint's finished epochs + 1, as Lightning counts): the fit ends when the budget is
+  used up, whatever epoch a resumed checkpoint stopped in. Anything else is refused.
 * ``max_steps``, ``min_steps``, ``min_epochs`` above 1, ``limit_train_batches`` other than
   ``1.0`` (and so ``fast_dev_run``): refused.
 * ``max_time`` is a wall-clock cap, not a budget: the run stops early with its checkpoint,
