@@ -184,6 +184,15 @@ def explain_parse_error(err: BaseException, parser: Any, argv: Sequence[str]) ->
             f"bad value for {'.'.join(path)}: expected {expected.group(1)}, "
             f"got {expected.group(2).strip()!r}"
         )
+    no_class = re.search(r"module '([\w.]+)' has no attribute '(\w+)'", text)
+    if no_class:
+        module_name, name = no_class.groups()
+        try:
+            names = [n for n in dir(importlib.import_module(module_name)) if n[:1].isupper()]
+        except ImportError:
+            names = []
+        hint = did_you_mean(name, names).replace("mean ", f"mean {module_name}.")
+        return f"unknown class {module_name}.{name}{hint} (class paths: tdimitation --help)"
     return _condense(chain[-1])
 
 

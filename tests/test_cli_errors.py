@@ -106,6 +106,10 @@ CASES = {
     ),
     "trainer key typo": (["--trainer.max_epoch", "3"], "did you mean --trainer.max_epochs?"),
     "run key typo": (["--run.data-di", "x"], "did you mean --run.data_dir?"),
+    "class path typo": (
+        ["--model.class_path", "tdimitation.rl.ppo.PPX"],
+        "did you mean tdimitation.rl.ppo.PPO?",
+    ),
     "wrong type": (["--model.init_args.n_steps", "lots"], "expected int, got 'lots'"),
     "zero epochs": (["--trainer.max_epochs", "0"], "max_epochs=0 would train nothing"),
     "more epochs": (["--trainer.max_epochs", "3"], "PPO's budget is total_frames=768"),
