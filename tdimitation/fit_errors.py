@@ -40,10 +40,10 @@ def normalise_flags(argv: Sequence[str]) -> list[str]:
 
 
 def config_paths(argv: Sequence[str]) -> list[str]:
-    """The files given with ``--config PATH`` or ``--config=PATH``."""
+    """The files given with ``--config PATH``, ``-c PATH`` or ``--config=PATH``."""
     paths = []
     for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
             paths.append(argv[i + 1])
         elif arg.startswith("--config="):
             paths.append(arg.split("=", 1)[1])
