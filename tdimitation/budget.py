@@ -64,10 +64,6 @@ class TrainingBudget:
         return self.total is not None and self.total - self.done < self.step
 
 
-def _budget(module: Any) -> TrainingBudget:
-    return module.training_budget()
-
-
 def check_trainer_limits(
     trainer: L.Trainer, module: Any, epochs_done: int | None = None, max_epochs: Any = ...
 ) -> None:
@@ -83,7 +79,7 @@ def check_trainer_limits(
     Raises:
         BudgetError: naming the Trainer setting and the algorithm's budget argument.
     """
-    budget = _budget(module)
+    budget = module.training_budget()
     name = type(module).__name__
     own = (
         f"{name}'s budget is {budget.argument}={budget.value} "
@@ -119,9 +115,12 @@ def check_trainer_limits(
             )
 
 
-def check_budget_left(module: Any) -> None:
-    """Refuse a fit with nothing left to train (e.g. resuming a finished run)."""
-    budget = _budget(module)
+def check_budget_left(module: Any, checkpoint: dict[str, Any] | None = None) -> None:
+    """Refuse a fit with nothing left to train (e.g. resuming a finished run).
+
+    With ``checkpoint`` (a resume's, not loaded yet), what is done is read from it.
+    """
+    budget = module.training_budget(checkpoint)
     if budget.used_up:
         raise BudgetError(
             f"{type(module).__name__} has nothing left to train: {budget.done} of "

@@ -27,7 +27,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from tdimitation.budget import check_trainer_limits
+from tdimitation.budget import check_budget_left, check_trainer_limits
 from tdimitation.callbacks import ORIGIN_KEY, PeriodicCheckpoint, module_origin
 from tdimitation.errors import CheckpointError, FitConfigError
 from tdimitation.evaluation import evaluate_module
@@ -135,7 +135,9 @@ def fit_main(argv: list[str] | None = None) -> int:
     checked: set[str] = set()
     if ckpt_path:
         # Read once (a checkpoint can hold large replay buffers): _run skips checked ones.
-        check_checkpoint(ckpt_path, cli.model)
+        state = check_checkpoint(ckpt_path, cli.model)
+        if hasattr(cli.model, "training_budget"):
+            check_budget_left(cli.model, state)
         checked.add(ckpt_path)
     return _run(cli, checked)
 
@@ -169,11 +171,13 @@ def _make_cli(argv: list[str]) -> _FitCLI:
     )
 
 
-def check_checkpoint(path: str | os.PathLike, model: L.LightningModule | None = None) -> None:
+def check_checkpoint(
+    path: str | os.PathLike, model: L.LightningModule | None = None
+) -> dict[str, Any]:
     """Fail early, with one clear line, on a missing, corrupted or foreign checkpoint.
 
     With ``model``, also on a checkpoint of another algorithm or env, or of networks of
-    other sizes, naming both sides.
+    other sizes, naming both sides. Returns the checkpoint's contents.
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -190,6 +194,7 @@ def check_checkpoint(path: str | os.PathLike, model: L.LightningModule | None = 
         )
     if model is not None:
         check_checkpoint_matches(path, state, model)
+    return state
 
 
 def check_checkpoint_matches(

@@ -148,11 +148,15 @@ def test_fit_refuses_a_bad_recipe_file_and_no_recipe(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
 
 
-@pytest.mark.parametrize("case", ["algorithm", "env", "older checkpoint"])
+@pytest.mark.parametrize("case", ["algorithm", "env", "older checkpoint", "finished run"])
 def test_fit_refuses_a_checkpoint_of_another_run(case, ppo_checkpoint, tmp_path):
     ckpt = ppo_checkpoint
     args = []
-    if case == "env":
+    if case == "finished run":
+        recipe = _recipe(tmp_path)
+        args = ["--model.init_args.total_frames", "256"]
+        message = "PPO has nothing left to train: 256 of 256 frames done"
+    elif case == "env":
         recipe = _recipe(tmp_path)
         args = ["--model.init_args.env_id", "Acrobot-v1"]
         message = "is of tdimitation.rl.ppo.PPO on CartPole-v1, but this run trains "

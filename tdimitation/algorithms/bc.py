@@ -444,15 +444,16 @@ class BC(FitCallbacks, L.LightningModule):
         return evaluate_module(self, episodes or self.hparams.eval_episodes)
 
     # ------------------------------------------------------------ interfaces
-    def training_budget(self) -> TrainingBudget:
+    def training_budget(self, checkpoint: dict[str, Any] | None = None) -> TrainingBudget:
         """``n_batches``, or ``n_epochs`` (in batches once the demonstrations are loaded)."""
         hp = self.hparams
+        done = self.batches_done
+        if checkpoint is not None:
+            done = int(checkpoint["tdimitation"]["batches_done"])
         if hp.n_batches is not None:
-            return TrainingBudget(
-                "n_batches", hp.n_batches, "batches", self.batches_done, hp.n_batches
-            )
+            return TrainingBudget("n_batches", hp.n_batches, "batches", done, hp.n_batches)
         total = hp.n_epochs * self._per_epoch if self._data is not None else None
-        return TrainingBudget("n_epochs", hp.n_epochs, "batches", self.batches_done, total)
+        return TrainingBudget("n_epochs", hp.n_epochs, "batches", done, total)
 
     def export_policy(self):
         return self.policy

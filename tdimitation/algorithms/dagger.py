@@ -374,10 +374,11 @@ class DAgger(BC):
         """Episodes added to the aggregated data so far (also the next episode id)."""
         return int(self._episode_starts.numel())
 
-    def training_budget(self) -> TrainingBudget:
+    def training_budget(self, checkpoint: dict[str, Any] | None = None) -> TrainingBudget:
         """``n_rounds`` rounds (each trains ``bc_epochs`` on the aggregated data)."""
         n_rounds = self.hparams.n_rounds
-        return TrainingBudget("n_rounds", n_rounds, "rounds", self.round, n_rounds)
+        done = self.round if checkpoint is None else int(checkpoint["tdimitation"]["round"])
+        return TrainingBudget("n_rounds", n_rounds, "rounds", done, n_rounds)
 
     # ------------------------------------------------------------------- data
     def train_dataloader(self) -> DataLoader:

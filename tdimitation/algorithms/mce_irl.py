@@ -269,11 +269,10 @@ class MCEIRL(FitCallbacks, L.LightningModule):
         finally:
             env.close()
 
-    def training_budget(self) -> TrainingBudget:
+    def training_budget(self, checkpoint: dict[str, Any] | None = None) -> TrainingBudget:
         """``max_iter`` iterations (fewer when it converges)."""
-        return TrainingBudget(
-            "max_iter", self.max_iter, "iterations", self.iteration, self.max_iter
-        )
+        done = self.iteration if checkpoint is None else int(checkpoint.get("mce_iteration", 0))
+        return TrainingBudget("max_iter", self.max_iter, "iterations", done, self.max_iter)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Iterations(self), batch_size=None)

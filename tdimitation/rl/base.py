@@ -234,13 +234,17 @@ class OnlineAlgorithm(FitCallbacks, L.LightningModule):
         """
         self.frames = int(frames)
 
-    def training_budget(self) -> TrainingBudget:
-        """The run's budget: ``total_frames``, collected a round at a time."""
+    def training_budget(self, checkpoint: dict[str, Any] | None = None) -> TrainingBudget:
+        """The run's budget: ``total_frames``, collected a round at a time.
+
+        With ``checkpoint``, what is done is read from it (a resume's starting point).
+        """
+        done = self.frames if checkpoint is None else int(checkpoint["tdimitation"]["frames"])
         return TrainingBudget(
             "total_frames",
             self.total_frames,
             "frames",
-            self.frames,
+            done,
             self.total_frames,
             self.frames_per_batch,
         )

@@ -347,12 +347,15 @@ class PreferenceComparisons(OnlineAlgorithm):
         self.set_trajectories(trajectories)
         return self.train_dataloader()
 
-    def training_budget(self) -> TrainingBudget:
+    def training_budget(self, checkpoint: dict[str, Any] | None = None) -> TrainingBudget:
         """``total_frames`` of the agent, or the queries of ``num_iterations`` (fixed data)."""
         if not self.fixed_dataset:
-            return super().training_budget()
+            return super().training_budget(checkpoint)
+        done = self.next_query
+        if checkpoint is not None:
+            done = int(checkpoint["tdimitation"]["preference"]["next_query"])
         n = self.hparams.num_iterations
-        return TrainingBudget("num_iterations", n, "queries", self.next_query, len(self.schedule))
+        return TrainingBudget("num_iterations", n, "queries", done, len(self.schedule))
 
     def train_dataloader(self) -> DataLoader:
         if not self.fixed_dataset:
