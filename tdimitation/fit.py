@@ -95,7 +95,11 @@ class _FitCLI(LightningCLI):
             help="deterministic evaluation episodes after training (0: none)",
         )
         parser.add_argument(
-            "--ckpt_path", type=str | None, default=None, help="resume from this checkpoint"
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="resume from this checkpoint (spelt --ckpt-path too: every option of fit "
+            "takes dashes for underscores)",
         )
 
 
