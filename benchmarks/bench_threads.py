@@ -8,7 +8,7 @@ What a user of the Python API waits for: ``trainer.fit(model, ...)`` wall-clock 
 
 Each repeat runs every thread count once, in turn (interleaved, so a change of load hits
 all of them alike); the table gives the median over repeats. ``num_threads`` is set on the
-module (the ``FitThreads`` override), so the fit runs exactly at that count. The count
+module (the ``FitCallbacks`` override), so the fit runs exactly at that count. The count
 the algorithms use by default is ``tdimitation.utils.DEFAULT_NUM_THREADS``.
 
     python benchmarks/bench_threads.py --repeats 3 --threads 1 2

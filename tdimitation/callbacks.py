@@ -85,17 +85,91 @@ class ThreadCount(L.Callback):
         self._restore()
 
 
-class FitThreads:
-    """Mixin of the algorithms: every fit runs under :class:`ThreadCount`.
+def keep_outputs_in_data_dir(trainer: L.Trainer) -> None:
+    """Move what Lightning writes by default from the working directory to the data dir.
 
-    Set ``module.num_threads`` (or ``$TDIMITATION_NUM_THREADS``) to override the count;
-    ``module.num_threads = 0`` leaves torch's setting alone.
+    A ``Trainer`` without ``default_root_dir`` writes its default logger's files
+    (``lightning_logs/``) and its default checkpoints (``checkpoints/``, or
+    ``<experiment>/<run>/checkpoints/`` beside an MLflow logger on a database store) in the
+    working directory. This moves them under ``<data dir>/lightning/``
+    (:func:`~tdimitation.tracking.data_dir`). A Trainer given ``default_root_dir``, a logger
+    with a directory of its own, or a ``ModelCheckpoint`` with a ``dirpath`` is left alone.
+    Called when the algorithm's callbacks are attached: Lightning creates its loggers'
+    directories in the very next step, before any callback hook runs.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from tdimitation.tracking import data_dir
+
+    cwd = os.getcwd()
+    if trainer.default_root_dir != cwd:
+        return  # the user chose where Lightning writes
+    root = data_dir() / "lightning"
+    loggers = []
+    for logger in trainer.loggers:
+        if isinstance(logger, CSVLogger | TensorBoardLogger) and logger.save_dir == cwd:
+            # Lightning's default logger (the only one rooted at the cwd by default).
+            logger = type(logger)(save_dir=str(root), name=logger.name)
+        loggers.append(logger)
+    trainer.loggers = loggers
+    for callback in trainer.checkpoint_callbacks:
+        if not isinstance(callback, ModelCheckpoint) or callback.dirpath is not None:
+            continue
+        if not loggers:
+            callback.dirpath = str(root / "checkpoints")
+        elif loggers[0].save_dir is None:
+            # Lightning would use <cwd>/<name>/<version>/checkpoints (MLflow on sqlite).
+            first = loggers[0]
+            version = first.version
+            version = version if isinstance(version, str) else f"version_{version}"
+            callback.dirpath = str(root / str(first.name) / version / "checkpoints")
+
+
+#: Checkpoint key naming the algorithm and env that wrote it (see :func:`module_origin`).
+ORIGIN_KEY = "tdimitation_origin"
+
+
+def module_origin(module: L.LightningModule) -> dict[str, str | None]:
+    """``{"algorithm": class path, "env_id": id or None}`` of an algorithm."""
+    cls = type(module)
+    env_id = getattr(module, "env_id", None)
+    if env_id is None:
+        env_id = getattr(module, "hparams", {}).get("env_id")
+    return {
+        "algorithm": f"{cls.__module__}.{cls.__qualname__}",
+        "env_id": env_id if isinstance(env_id, str) else None,
+    }
+
+
+class CheckpointOrigin(L.Callback):
+    """Record the algorithm and env in every checkpoint, so a resume can check them."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[ORIGIN_KEY] = module_origin(pl_module)
+
+
+class FitCallbacks:
+    """Mixin of the algorithms: the callbacks every fit runs under, from Python or the CLI.
+
+    :class:`~tdimitation.budget.BudgetGuard` (the algorithm's budget is the only one),
+    :func:`keep_outputs_in_data_dir` (nothing written in the working directory),
+    :class:`CheckpointOrigin` (checkpoints name their algorithm and env) and
+    :class:`ThreadCount`. Set ``module.num_threads`` (or ``$TDIMITATION_NUM_THREADS``) to
+    override the thread count; ``module.num_threads = 0`` leaves torch's setting alone.
     """
 
     #: Torch threads during a fit: None for the default, 0 to leave torch's setting alone.
     num_threads: int | None = None
 
     def configure_callbacks(self) -> list[L.Callback]:
-        if self.num_threads == 0:
-            return []
-        return [ThreadCount(self.num_threads)]
+        from tdimitation.budget import BudgetGuard
+        from tdimitation.utils import attached_trainer
+
+        trainer = attached_trainer(self)
+        if trainer is not None:
+            keep_outputs_in_data_dir(trainer)
+        callbacks: list[L.Callback] = [BudgetGuard(), CheckpointOrigin()]
+        if self.num_threads != 0:
+            callbacks.append(ThreadCount(self.num_threads))
+        return callbacks

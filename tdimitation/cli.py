@@ -15,6 +15,11 @@ Subcommands:
   :mod:`tdimitation.fit`).
 
 Bad input exits with status 2 and a one-line message, no traceback.
+
+Flags of tdimitation's own are spelt with dashes (``--num-envs``, ``--data-dir``,
+``--ckpt-path``); ``fit``'s recipe keys are spelt as in the YAML
+(``--model.init_args.total_frames``, ``--run.data_dir``). Every command accepts either
+separator in its flags (``--num_envs``, ``--ckpt_path``, ``--run.data-dir``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,23 @@ from collections.abc import Callable, Sequence
 
 from tdimitation.errors import TdimitationError
 from tdimitation.utils import configure_threads
+
+#: The algorithms ``fit`` trains, by name: the ``model.class_path`` a recipe gives. Kept as
+#: text so ``tdimitation --help`` stays fast (tests check each path imports).
+ALGORITHMS: dict[str, str] = {
+    "BC": "tdimitation.algorithms.BC",
+    "DAgger": "tdimitation.algorithms.DAgger",
+    "GAIL": "tdimitation.algorithms.GAIL",
+    "AIRL": "tdimitation.algorithms.AIRL",
+    "SQIL": "tdimitation.algorithms.SQIL",
+    "Density": "tdimitation.algorithms.Density",
+    "PreferenceComparisons": "tdimitation.algorithms.PreferenceComparisons",
+    "MCEIRL": "tdimitation.algorithms.MCEIRL",
+    "PPO": "tdimitation.rl.ppo.PPO",
+    "SAC": "tdimitation.rl.sac.SAC",
+    "DQN": "tdimitation.rl.dqn.DQN",
+}
+FIT_HELP = "train an algorithm from a YAML recipe: fit --config RECIPE (see fit --help)"
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
 Runner = Callable[[argparse.Namespace], int]
@@ -64,13 +86,18 @@ def _rollout_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--policy",
         default="scripted",
-        help="KIND[:ARG]: scripted[:NAME], random, zero, tdimitation:PATH (default: the "
-        "scripted expert for --env)",
+        help="KIND[:ARG]: scripted[:NAME] (scripted: the expert for --env), random, zero, "
+        "tdimitation:PATH",
     )
-    p.add_argument("--episodes", type=int, default=None, help="minimum number of episodes")
+    p.add_argument(
+        "--episodes",
+        type=int,
+        default=None,
+        help="minimum number of episodes (None: 10 unless --timesteps is given)",
+    )
     p.add_argument("--timesteps", type=int, default=None, help="minimum number of transitions")
     p.add_argument("--num-envs", type=int, default=8, help="sub-envs stepped together")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the envs (and of a random policy)")
     p.add_argument("--deterministic", action="store_true", help="greedy actions")
     p.add_argument("--fixed-horizon", type=int, default=None, help="episode length H")
     p.add_argument("--out", required=True, help="directory of the dataset to write")
@@ -141,7 +168,7 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--env-id",
         default=None,
-        help="environment id of the data (default: the one recorded in the source); a Minari "
+        help="environment id of the data (None: the one recorded in the source); a Minari "
         "destination takes its spaces from it",
     )
     p.add_argument(
@@ -230,8 +257,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--episodes", type=int, default=20, help="minimum number of episodes")
     p.add_argument("--num-envs", type=int, default=8, help="sub-envs stepped together")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stochastic", action="store_true", help="sample actions (default: greedy)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the envs (and of a random policy)")
+    p.add_argument("--stochastic", action="store_true", help="sample actions (off: greedy)")
     p.add_argument("--fixed-horizon", type=int, default=None, help="episode length H")
     p.add_argument("--video", default=None, help="also record one episode to this .gif/.mp4")
     p.add_argument(
@@ -243,7 +270,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir",
         default=None,
-        help="directory of the local MLflow store (default $TDIMITATION_DATA_DIR or "
+        help="directory of the local MLflow store (None: $TDIMITATION_DATA_DIR or "
         "./tdimitation_data; $MLFLOW_TRACKING_URI overrides the store)",
     )
 
@@ -307,15 +334,68 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser that also takes its dashed flags spelt with underscores."""
+
+    def add_argument(self, *names, **kwargs):
+        action = super().add_argument(*names, **kwargs)
+        aliases = self.__dict__.setdefault("flag_aliases", {})
+        for name in names:
+            if name.startswith("--") and "-" in name[2:]:
+                aliases["--" + name[2:].replace("-", "_")] = name
+        return action
+
+    def parse_known_args(self, args=None, namespace=None):
+        aliases = self.__dict__.get("flag_aliases", {})
+        if args is not None:
+            args = [_respell(arg, aliases) for arg in args]
+        return super().parse_known_args(args, namespace)
+
+
+def _respell(arg: str, aliases: dict[str, str]) -> str:
+    name, sep, value = arg.partition("=")
+    return aliases[name] + sep + value if name in aliases else arg
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tdimitation")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    width = max(len(name) for name in ALGORITHMS)
+    algorithms = "\n".join(f"  {name:<{width}}  {path}" for name, path in ALGORITHMS.items())
     parser = argparse.ArgumentParser(
         prog="tdimitation",
         description="Reward and imitation learning on torchrl.",
-        epilog="Training: tdimitation fit --config RECIPE (see tdimitation fit --help).",
+        epilog=(
+            "Training: tdimitation fit --config RECIPE (see tdimitation fit --help); a recipe "
+            "names its algorithm as model.class_path:\n"
+            f"{algorithms}\n\n"
+            "Flags are spelt with dashes (--num-envs, --ckpt-path); fit's recipe keys as in "
+            "the YAML (--model.init_args.total_frames); either separator is accepted."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
+    subparsers = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser
+    )
     for name, (help_text, add_arguments, _) in COMMANDS.items():
-        add_arguments(subparsers.add_parser(name, help=help_text, description=help_text))
+        add_arguments(
+            subparsers.add_parser(
+                name,
+                help=help_text,
+                description=help_text,
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            )
+        )
+    # Listed for --help only: main() hands fit's arguments to LightningCLI before parsing.
+    subparsers.add_parser("fit", help=FIT_HELP, add_help=False)
     return parser
 
 
@@ -330,7 +410,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return fit_main(argv[1:])
         except TdimitationError as err:
-            print(f"tdimitation fit: error: {err}", file=sys.stderr)
+            # One line, no traceback: recipe, option, checkpoint and budget errors alike.
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            print(f"tdimitation fit: error: {message}", file=sys.stderr)
             return 2
     parser = build_parser()
     args = parser.parse_args(argv)

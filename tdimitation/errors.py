@@ -92,3 +92,14 @@ class MCEIRLError(TdimitationError, ValueError):
 
 
 __all__ += ["TabularModelError", "MCEIRLError"]
+
+
+class BudgetError(TdimitationError, ValueError):
+    """A training budget is invalid, used up, or contradicted by the Trainer's own limits."""
+
+
+class FitConfigError(TdimitationError, ValueError):
+    """A ``tdimitation fit`` recipe or option cannot be used (unknown key, bad value, YAML)."""
+
+
+__all__ += ["BudgetError", "FitConfigError"]

@@ -15,19 +15,28 @@ Checkpoints (``last.ckpt``, written atomically every ``run.checkpoint_every`` ro
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
 import warnings
+from argparse import ArgumentError
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from tdimitation.callbacks import PeriodicCheckpoint
-from tdimitation.errors import CheckpointError
+from tdimitation.budget import check_budget_left, check_trainer_limits
+from tdimitation.callbacks import ORIGIN_KEY, PeriodicCheckpoint, module_origin
+from tdimitation.errors import CheckpointError, FitConfigError
 from tdimitation.evaluation import evaluate_module
+from tdimitation.fit_errors import (
+    check_recipe_files,
+    explain_instantiation_error,
+    explain_parse_error,
+    normalise_flags,
+)
 from tdimitation.tracking import (
     DATA_DIR_ENV,
     browse_hint,
@@ -39,7 +48,25 @@ from tdimitation.utils import configure_threads
 
 
 class _FitCLI(LightningCLI):
-    """LightningCLI with tdimitation's ``run`` options and ``--ckpt_path``."""
+    """LightningCLI with tdimitation's ``run`` options and ``--ckpt_path``.
+
+    Parse and instantiation failures become one :class:`FitConfigError` line.
+    """
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except (ArgumentError, ValueError, TypeError) as err:
+            raise FitConfigError(explain_parse_error(err, parser, list(args or []))) from None
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as err:
+            message = explain_instantiation_error(err, self.config)
+            if message is None:
+                raise
+            raise FitConfigError(message) from None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -68,36 +95,54 @@ class _FitCLI(LightningCLI):
             help="deterministic evaluation episodes after training (0: none)",
         )
         parser.add_argument(
-            "--ckpt_path", type=str | None, default=None, help="resume from this checkpoint"
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="resume from this checkpoint (spelt --ckpt-path too: every option of fit "
+            "takes dashes for underscores)",
         )
 
 
 def fit_main(argv: list[str] | None = None) -> int:
-    """Run ``tdimitation fit``; returns the process exit status."""
+    """Run ``tdimitation fit``; returns the process exit status.
+
+    Raises:
+        TdimitationError: bad input (recipe, option, checkpoint, trainer limits), before
+            anything is written.
+    """
     configure_threads()
     if argv is None:
         argv = sys.argv[1:]
+    argv = normalise_flags(argv)
+    check_recipe_files(argv)
     # Lightning 2.6's CLI calls APIs that jsonargparse 4.49+ deprecates; nothing a user can
     # act on. jsonargparse's own switch (the user may set it to "all" to see them).
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     # Lightning 2.6 under torch 2.13 warns about its own pytree use once per fit.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    # Check a checkpoint to resume before building anything; _run checks one given inside
-    # a config file instead (each file is read once: it can hold large replay buffers).
-    checked: set[str] = set()
-    for i, arg in enumerate(argv):
-        path = argv[i + 1] if arg == "--ckpt_path" and i + 1 < len(argv) else None
-        if arg.startswith("--ckpt_path="):
-            path = arg.split("=", 1)[1]
-        if path is not None:
-            check_checkpoint(path)
-            checked.add(path)
     # LightningCLI warns when sys.argv also holds arguments; ours are passed explicitly.
     saved_argv, sys.argv = sys.argv, sys.argv[:1]
+    # Lightning's set-up banners would precede a refusal's one line; they say nothing the
+    # run needs (the device in use is in the logged config).
+    banners = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    saved_level = banners.level
+    banners.setLevel(max(saved_level, logging.WARNING))
     try:
         cli = _make_cli(argv)
     finally:
         sys.argv = saved_argv
+        banners.setLevel(saved_level)
+    # Refuse before the run writes anything (MLflow run, run directory).
+    ckpt_path = cli.config.get("ckpt_path")
+    if hasattr(cli.model, "training_budget"):
+        check_trainer_limits(cli.trainer, cli.model, None if ckpt_path else 0)
+    checked: set[str] = set()
+    if ckpt_path:
+        # Read once (a checkpoint can hold large replay buffers): _run skips checked ones.
+        state = check_checkpoint(ckpt_path, cli.model)
+        if hasattr(cli.model, "training_budget"):
+            check_budget_left(cli.model, state)
+        checked.add(ckpt_path)
     return _run(cli, checked)
 
 
@@ -119,12 +164,25 @@ def _make_cli(argv: list[str]) -> _FitCLI:
             "logger": False,
             "enable_checkpointing": False,
         },
-        parser_kwargs={"prog": "tdimitation fit", "description": __doc__.splitlines()[0]},
+        parser_kwargs={
+            "prog": "tdimitation fit",
+            "description": __doc__.splitlines()[0],
+            # Errors are raised (and made one line by _FitCLI), and a misspelt key is an
+            # error rather than a prefix of the key it abbreviates.
+            "exit_on_error": False,
+            "allow_abbrev": False,
+        },
     )
 
 
-def check_checkpoint(path: str | os.PathLike) -> None:
-    """Fail early, with one clear line, on a missing, corrupted or foreign checkpoint."""
+def check_checkpoint(
+    path: str | os.PathLike, model: L.LightningModule | None = None
+) -> dict[str, Any]:
+    """Fail early, with one clear line, on a missing, corrupted or foreign checkpoint.
+
+    With ``model``, also on a checkpoint of another algorithm or env, or of networks of
+    other sizes, naming both sides. Returns the checkpoint's contents.
+    """
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -138,6 +196,43 @@ def check_checkpoint(path: str | os.PathLike) -> None:
         raise CheckpointError(
             f"{path} is not a checkpoint of a tdimitation training run (no 'tdimitation' state)"
         )
+    if model is not None:
+        check_checkpoint_matches(path, state, model)
+    return state
+
+
+def check_checkpoint_matches(
+    path: str | os.PathLike, state: dict[str, Any], model: L.LightningModule
+) -> None:
+    """Refuse a checkpoint of another algorithm, env or network size than ``model``."""
+    ours = module_origin(model)
+    theirs = state.get(ORIGIN_KEY)
+    if theirs is None:
+        # Written before checkpoints named their origin: the env from its hyperparameters.
+        hparams = state.get("hyper_parameters") or {}
+        theirs = {"algorithm": None, "env_id": hparams.get("env_id")}
+    fix = "resume with a checkpoint of this algorithm and env, or start a new run without it"
+    same_algorithm = theirs["algorithm"] in (None, ours["algorithm"])
+    same_env = None in (theirs["env_id"], ours["env_id"]) or theirs["env_id"] == ours["env_id"]
+    if not (same_algorithm and same_env):
+        raise CheckpointError(
+            f"checkpoint {path} is of {theirs['algorithm'] or 'another algorithm'} on "
+            f"{theirs['env_id']}, but this run trains {ours['algorithm']} on "
+            f"{ours['env_id']}; {fix}"
+        )
+    saved, own = state["state_dict"], model.state_dict()
+    missing = sorted(own.keys() - saved.keys())
+    if missing and theirs["algorithm"] is None:
+        raise CheckpointError(
+            f"checkpoint {path} has no {missing[0]!r}: it is not of "
+            f"{ours['algorithm']} (another algorithm); {fix}"
+        )
+    for key in own.keys() & saved.keys():
+        if tuple(own[key].shape) != tuple(saved[key].shape):
+            raise CheckpointError(
+                f"checkpoint {path} holds {key} of shape {tuple(saved[key].shape)}, this run's "
+                f"is {tuple(own[key].shape)} (other network sizes or spaces); {fix}"
+            )
 
 
 def _run(cli: _FitCLI, checked: set[str]) -> int:

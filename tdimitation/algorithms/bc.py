@@ -14,10 +14,11 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch.utils.data import DataLoader, IterableDataset
 
-from tdimitation.callbacks import FitThreads
+from tdimitation.budget import TrainingBudget
+from tdimitation.callbacks import FitCallbacks
 from tdimitation.data.trajectory import check_matches_env, check_trajectories
 from tdimitation.envs import as_env_id, make_env
-from tdimitation.errors import TrajectoryError
+from tdimitation.errors import BudgetError, TrajectoryError
 from tdimitation.fused import FirstMinibatchCheck, FusedOptions, FusedUpdate, fused_update_for
 from tdimitation.fused.lightning import module_step_blocker, unwrap_optimizer
 from tdimitation.objectives.bc import BCLoss
@@ -171,7 +172,7 @@ class _IndexBlocks(IterableDataset):
             yield torch.stack(pending)
 
 
-class BC(FitThreads, L.LightningModule):
+class BC(FitCallbacks, L.LightningModule):
     """Behavioral cloning: maximise the likelihood of the expert's actions.
 
     Data comes from a :class:`DemonstrationData` passed to ``trainer.fit(model,
@@ -268,7 +269,7 @@ class BC(FitThreads, L.LightningModule):
                 "give exactly one of n_epochs and n_batches (both or neither were given)"
             )
         if (n_epochs is not None and n_epochs <= 0) or (n_batches is not None and n_batches <= 0):
-            raise ValueError("n_epochs / n_batches must be positive")
+            raise BudgetError(f"n_epochs / n_batches must be positive, got {n_epochs or n_batches}")
         if "weight_decay" in (optimizer_kwargs or {}):
             raise ValueError(
                 "weight_decay is not supported: Adam couples it to the gradient scale; use "
@@ -443,6 +444,17 @@ class BC(FitThreads, L.LightningModule):
         return evaluate_module(self, episodes or self.hparams.eval_episodes)
 
     # ------------------------------------------------------------ interfaces
+    def training_budget(self, checkpoint: dict[str, Any] | None = None) -> TrainingBudget:
+        """``n_batches``, or ``n_epochs`` (in batches once the demonstrations are loaded)."""
+        hp = self.hparams
+        done = self.batches_done
+        if checkpoint is not None:
+            done = int(checkpoint["tdimitation"]["batches_done"])
+        if hp.n_batches is not None:
+            return TrainingBudget("n_batches", hp.n_batches, "batches", done, hp.n_batches)
+        total = hp.n_epochs * self._per_epoch if self._data is not None else None
+        return TrainingBudget("n_epochs", hp.n_epochs, "batches", done, total)
+
     def export_policy(self):
         return self.policy
 

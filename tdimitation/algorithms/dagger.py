@@ -28,8 +28,10 @@ from tdimitation.algorithms.beta_schedules import (
     import_schedule,
     linear_beta,
 )
+from tdimitation.budget import TrainingBudget
 from tdimitation.data.rollout import rollout
 from tdimitation.data.trajectory import ACTION, EPISODE, OBS, episode_runs, rollout_stats
+from tdimitation.errors import BudgetError
 from tdimitation.policies.actors import is_deterministic
 from tdimitation.policies.registry import policy_from_string
 from tdimitation.rl.base import (
@@ -258,7 +260,7 @@ class DAgger(BC):
             beta_schedule = import_path(beta_schedule)
         checked_beta(schedule(0), 0)
         if n_rounds <= 0:
-            raise ValueError(f"n_rounds must be positive, got {n_rounds}")
+            raise BudgetError(f"n_rounds must be positive, got {n_rounds}")
         if buffer_capacity <= 0:
             raise ValueError(f"buffer_capacity must be positive, got {buffer_capacity}")
         if memmap_threshold is not None and memmap_threshold < 0:
@@ -371,6 +373,12 @@ class DAgger(BC):
     def episodes_collected(self) -> int:
         """Episodes added to the aggregated data so far (also the next episode id)."""
         return int(self._episode_starts.numel())
+
+    def training_budget(self, checkpoint: dict[str, Any] | None = None) -> TrainingBudget:
+        """``n_rounds`` rounds (each trains ``bc_epochs`` on the aggregated data)."""
+        n_rounds = self.hparams.n_rounds
+        done = self.round if checkpoint is None else int(checkpoint["tdimitation"]["round"])
+        return TrainingBudget("n_rounds", n_rounds, "rounds", done, n_rounds)
 
     # ------------------------------------------------------------------- data
     def train_dataloader(self) -> DataLoader:

@@ -27,7 +27,8 @@ from tdimitation.algorithms.tabular_ops import (
     soft_value_iteration,
     states_from_observations,
 )
-from tdimitation.callbacks import FitThreads
+from tdimitation.budget import TrainingBudget
+from tdimitation.callbacks import FitCallbacks
 from tdimitation.envs import as_env_id, make_env
 from tdimitation.envs.factory import _import_entry_point, _unknown_id
 from tdimitation.errors import MCEIRLError
@@ -148,7 +149,7 @@ class _Iterations(IterableDataset):
         yield from range(self.module.iteration, self.module.max_iter)
 
 
-class MCEIRL(FitThreads, L.LightningModule):
+class MCEIRL(FitCallbacks, L.LightningModule):
     """Maximum causal entropy IRL for finite-horizon tabular environments.
 
     Train with ``Trainer(max_epochs=1).fit(module)`` (or ``tdimitation fit``): one epoch
@@ -267,6 +268,11 @@ class MCEIRL(FitThreads, L.LightningModule):
             return rollout(policy, env, min_episodes=n_episodes)
         finally:
             env.close()
+
+    def training_budget(self, checkpoint: dict[str, Any] | None = None) -> TrainingBudget:
+        """``max_iter`` iterations (fewer when it converges)."""
+        done = self.iteration if checkpoint is None else int(checkpoint.get("mce_iteration", 0))
+        return TrainingBudget("max_iter", self.max_iter, "iterations", done, self.max_iter)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Iterations(self), batch_size=None)

@@ -34,9 +34,11 @@ from tensordict.nn import TensorDictModuleBase
 from torch.utils.data import DataLoader, IterableDataset
 from torchrl.data import LazyTensorStorage, ReplayBuffer, TensorDictReplayBuffer
 
-from tdimitation.callbacks import FitThreads
+from tdimitation.budget import TrainingBudget, check_budget_left
+from tdimitation.callbacks import FitCallbacks
 from tdimitation.data.collector import VecCollector
 from tdimitation.envs import GymVecEnv, make_env
+from tdimitation.errors import BudgetError
 from tdimitation.policies.registry import checkpoint_policy_entry
 from tdimitation.rng import attach_rng, make_rng, stochastic_modules
 
@@ -134,7 +136,7 @@ def episode_metrics(batch: TensorDictBase) -> dict[str, float]:
     return metrics
 
 
-class OnlineAlgorithm(FitThreads, L.LightningModule):
+class OnlineAlgorithm(FitCallbacks, L.LightningModule):
     """Base class of online (collect-then-update) algorithms.
 
     Subclasses build their networks in ``__init__`` (after calling this one), implement
@@ -172,7 +174,7 @@ class OnlineAlgorithm(FitThreads, L.LightningModule):
                 f"frames_per_batch ({frames_per_batch}) must be a multiple of num_envs ({num_envs})"
             )
         if total_frames < frames_per_batch:
-            raise ValueError(
+            raise BudgetError(
                 f"total_frames ({total_frames}) is smaller than one collection batch "
                 f"({frames_per_batch} frames): raise the budget or lower frames_per_batch"
             )
@@ -232,14 +234,25 @@ class OnlineAlgorithm(FitThreads, L.LightningModule):
         """
         self.frames = int(frames)
 
+    def training_budget(self, checkpoint: dict[str, Any] | None = None) -> TrainingBudget:
+        """The run's budget: ``total_frames``, collected a round at a time.
+
+        With ``checkpoint``, what is done is read from it (a resume's starting point).
+        """
+        done = self.frames if checkpoint is None else int(checkpoint["tdimitation"]["frames"])
+        return TrainingBudget(
+            "total_frames",
+            self.total_frames,
+            "frames",
+            done,
+            self.total_frames,
+            self.frames_per_batch,
+        )
+
     # ------------------------------------------------------------------- data
     def train_dataloader(self) -> DataLoader:
-        remaining = self.total_frames - self.frames
-        rounds = remaining // self.frames_per_batch
-        if rounds <= 0:
-            raise ValueError(
-                f"nothing left to collect: {self.frames} of {self.total_frames} frames done"
-            )
+        check_budget_left(self)
+        rounds = (self.total_frames - self.frames) // self.frames_per_batch
         if self.seed is not None and self.frames == 0:
             _seed_everything(self.seed)
             self.seed_rngs(self.seed)

@@ -46,6 +46,7 @@ from tdimitation.algorithms.preference.regularizers import make_regularizer
 from tdimitation.algorithms.preference.reward_nets import build_reward_net, check_reward_settings
 from tdimitation.algorithms.preference.schedule import agent_rounds, comparison_schedule
 from tdimitation.algorithms.preference.trainers import BasicRewardTrainer, EnsembleRewardTrainer
+from tdimitation.budget import TrainingBudget
 from tdimitation.data.trajectory import (
     check_matches_env,
     check_trajectories,
@@ -345,6 +346,16 @@ class PreferenceComparisons(OnlineAlgorithm):
             )
         self.set_trajectories(trajectories)
         return self.train_dataloader()
+
+    def training_budget(self, checkpoint: dict[str, Any] | None = None) -> TrainingBudget:
+        """``total_frames`` of the agent, or the queries of ``num_iterations`` (fixed data)."""
+        if not self.fixed_dataset:
+            return super().training_budget(checkpoint)
+        done = self.next_query
+        if checkpoint is not None:
+            done = int(checkpoint["tdimitation"]["preference"]["next_query"])
+        n = self.hparams.num_iterations
+        return TrainingBudget("num_iterations", n, "queries", done, len(self.schedule))
 
     def train_dataloader(self) -> DataLoader:
         if not self.fixed_dataset:
