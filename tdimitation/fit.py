@@ -191,22 +191,28 @@ def _run(cli: _FitCLI, checked: set[str]) -> int:
     previous = read_run_file(Path(config.ckpt_path).parent) if config.ckpt_path else None
     logger, run_dir, last_step = _open_run(model, run_cfg.name, experiment, root, uri, previous)
     client, run_id = logger.experiment, logger.run_id
-    for stale in mark_stale_runs(client):
-        print(f"marked run {stale} KILLED: its process is gone", file=sys.stderr)
     from mlflow.entities import RunTag
 
+    # This process's tags first, so the run is not judged stale below.
     tags = start_tags(model, recipe, run_dir)
     if config.ckpt_path:
         tags["tdimitation.resumed_checkpoint"] = str(Path(config.ckpt_path).resolve())
         if previous is not None:
             tags[TAG_RESUMED_FROM] = previous["run_id"]
     client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+    run = client.get_run(run_id)
+    if run.info.status != "RUNNING":  # a continued run
+        client.update_run(run_id, status="RUNNING")
+        if TAG_NOTE in run.data.tags:  # how its last process ended: no longer true
+            client.delete_tag(run_id, TAG_NOTE)
+    for stale in mark_stale_runs(client):
+        print(f"marked run {stale} KILLED: its process is gone", file=sys.stderr)
     logger.log_hyperparams(config_params(config))
     write_run_file(
         run_dir,
         {
             "run_id": run_id,
-            "run_name": client.get_run(run_id).info.run_name,
+            "run_name": run.info.run_name,
             "experiment": experiment if previous is None else previous["experiment"],
             "tracking_uri": uri,
             "recipe": recipe,
@@ -261,7 +267,6 @@ def _open_run(model, name: str | None, experiment: str, root: Path, uri: str, pr
             except MlflowException:
                 run = None
             if run is not None and run.info.lifecycle_stage != "deleted":
-                logger.experiment.update_run(run.info.run_id, status="RUNNING")
                 last_step = int(run.data.tags.get(TAG_LAST_STEP, 0))
                 return logger, Path(previous["run_dir"]), last_step
         print(
