@@ -9,7 +9,9 @@ Subcommands:
   (``minari:DATASET_ID``);
 * ``stats``: statistics of a trajectory dataset or file;
 * ``eval``: evaluate a policy (scripted, saved, checkpoint or Stable-Baselines3 zip), print
-  its statistics as one JSON line, optionally record a video and log to MLflow.
+  its statistics as one JSON line, optionally record a video and log to MLflow (a new run,
+  or ``--run RUN_ID``: attached to a training run);
+* ``runs``: list and compare the training runs of the MLflow store (:mod:`tdimitation.runs`).
 
 * ``fit --config RECIPE``: train an algorithm from a YAML recipe (LightningCLI; see
   :mod:`tdimitation.fit`).

@@ -7,10 +7,13 @@ period, evaluation episodes). ``--print_config`` shows the resolved config; any 
 overridden on the command line (``--model.init_args.total_frames 50000``).
 
 A fit run logs to MLflow (local sqlite store under the data directory unless
-``MLFLOW_TRACKING_URI`` is set): hyperparameters, per-round metrics, the resolved config,
-the final checkpoint, and a deterministic evaluation of the trained policy at the end.
+``MLFLOW_TRACKING_URI`` is set): every parameter (model, ``data.*``, ``trainer.*``,
+``run.*``), tags (recipe, git commit, version, process), per-round metrics, a deterministic
+evaluation of the trained policy at the last step, the resolved config, the final
+checkpoint, a short video of the policy and a learning-curve plot (docs/runs.md).
 Checkpoints (``last.ckpt``, written atomically every ``run.checkpoint_every`` rounds) go to
-``<data_dir>/runs/<experiment>/<run name>/``; pass ``--ckpt_path`` to resume a killed run.
+``<data_dir>/runs/<experiment>/<run name>/``; ``--ckpt_path PATH`` (or ``last``: the
+recipe's newest run) resumes a stopped run and continues its MLflow run.
 """
 
 from __future__ import annotations
@@ -294,9 +297,8 @@ def _fit_and_record(cli: _FitCLI, logger, checkpoints: PeriodicCheckpoint, last_
     client, run_id = logger.experiment, logger.run_id
     # The end of the curves: the last step training logged at (or the resumed run's).
     step = logger.last_step if logger.last_step is not None else last_step
+    # Online algorithms logged `frames` at that step: the x-axis option covers these too.
     metrics: dict[str, Any] = {"time/fit_seconds": elapsed}
-    if isinstance(getattr(model, "frames", None), int):
-        metrics["frames"] = float(model.frames)  # the x-axis option at this step too
     if run_cfg.eval_episodes > 0 and hasattr(model, "export_policy"):
         stats = evaluate_module(model, run_cfg.eval_episodes)
         metrics |= {f"eval/{k}": v for k, v in stats.items()}

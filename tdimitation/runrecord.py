@@ -190,12 +190,12 @@ def record_policy_video(model, path: Path, max_steps: int) -> Path:
 
 
 #: Curves the learning-curve plot draws, in order, when the run logged them.
-CURVES = ("eval/return_mean", "episode/return", "train/episode/return")
+CURVES = ("eval/return_mean", "episode/return", "dagger/round_return")
 #: Drawn when no return was logged (offline algorithms without evaluation).
 LOSS_CURVES = ("bc/loss", "train/loss", "train/loss_actor")
-#: The x-axis: the first of these the run logged (environment frames, BC's epochs), else
-#: the step.
-X_AXES = ("frames", "bc/epoch")
+#: The x-axis: the first of these the run logged (environment frames, DAgger's collected
+#: transitions, BC's epochs), else the step.
+X_AXES = ("frames", "dagger/transitions", "bc/epoch")
 
 
 def learning_curve(client, run_id: str, path: Path, title: str) -> Path | None:
