@@ -179,7 +179,7 @@ def check_checkpoint(path: str | os.PathLike) -> None:
 def _run(cli: _FitCLI, checked: set[str]) -> int:
     config = cli.config
     run_cfg = config.run
-    model, trainer = cli.model, cli.trainer
+    model = cli.model
     experiment = run_cfg.experiment or type(model).__name__
     root = data_dir(run_cfg.data_dir)
     if run_cfg.data_dir:
@@ -193,6 +193,33 @@ def _run(cli: _FitCLI, checked: set[str]) -> int:
     uri = tracking_uri(root)
     previous = read_run_file(Path(config.ckpt_path).parent) if config.ckpt_path else None
     logger, run_dir, last_step = _open_run(model, run_cfg.name, experiment, root, uri, previous)
+    client, run_id = logger.experiment, logger.run_id
+    with interrupt_on_signals() as received:
+        try:
+            checkpoints = _start_record(cli, logger, run_dir, recipe, experiment, previous)
+            _fit_and_record(cli, logger, checkpoints, last_step)
+        except BaseException as err:
+            killed = bool(received) or isinstance(err, KeyboardInterrupt)
+            client.set_terminated(run_id, "KILLED" if killed else "FAILED")
+            if not received:
+                raise
+            name = signal.Signals(received[0]).name
+            print(
+                f"tdimitation fit: stopped by {name}; run {run_id} marked KILLED", file=sys.stderr
+            )
+            return 128 + received[0]
+    logger.finalize("success")
+    print(f"checkpoint: {checkpoints.path}")
+    print(f"browse the run: {browse_hint(uri)}")
+    return 0
+
+
+def _start_record(
+    cli: _FitCLI, logger, run_dir: Path, recipe: str, experiment: str, previous
+) -> PeriodicCheckpoint:
+    """Tag the run, log the settings, write run.json, attach the logger and checkpoints."""
+    config, model, trainer = cli.config, cli.model, cli.trainer
+    run_cfg = config.run
     client, run_id = logger.experiment, logger.run_id
     from mlflow.entities import RunTag
 
@@ -217,7 +244,7 @@ def _run(cli: _FitCLI, checked: set[str]) -> int:
             "run_id": run_id,
             "run_name": run.info.run_name,
             "experiment": experiment if previous is None else previous["experiment"],
-            "tracking_uri": uri,
+            "tracking_uri": client.tracking_uri,
             "recipe": recipe,
             "run_dir": str(run_dir),
             "algorithm": tags[TAG_ALGORITHM],
@@ -228,24 +255,7 @@ def _run(cli: _FitCLI, checked: set[str]) -> int:
     trainer.callbacks.append(checkpoints)
     print(f"run directory: {run_dir}", flush=True)
     print(f"MLflow run: {run_id}", flush=True)
-
-    with interrupt_on_signals() as received:
-        try:
-            _fit_and_record(cli, logger, checkpoints, last_step)
-        except BaseException as err:
-            killed = bool(received) or isinstance(err, KeyboardInterrupt)
-            client.set_terminated(run_id, "KILLED" if killed else "FAILED")
-            if not received:
-                raise
-            name = signal.Signals(received[0]).name
-            print(
-                f"tdimitation fit: stopped by {name}; run {run_id} marked KILLED", file=sys.stderr
-            )
-            return 128 + received[0]
-    logger.finalize("success")
-    print(f"checkpoint: {checkpoints.path}")
-    print(f"browse the run: {browse_hint(uri)}")
-    return 0
+    return checkpoints
 
 
 def _open_run(model, name: str | None, experiment: str, root: Path, uri: str, previous):
