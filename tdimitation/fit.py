@@ -98,7 +98,7 @@ class _FitCLI(LightningCLI):
             help="record a short video of the final policy as an artifact",
         )
         parser.add_argument(
-            "--run.video_steps", type=int, default=200, help="env steps in that video"
+            "--run.video_steps", type=int, default=100, help="env steps in that video"
         )
         parser.add_argument(
             "--ckpt_path",
