@@ -9,7 +9,9 @@ Subcommands:
   (``minari:DATASET_ID``);
 * ``stats``: statistics of a trajectory dataset or file;
 * ``eval``: evaluate a policy (scripted, saved, checkpoint or Stable-Baselines3 zip), print
-  its statistics as one JSON line, optionally record a video and log to MLflow.
+  its statistics as one JSON line, optionally record a video and log to MLflow (a new run,
+  or ``--run RUN_ID``: attached to a training run);
+* ``runs``: list and compare the training runs of the MLflow store (:mod:`tdimitation.runs`).
 
 * ``fit --config RECIPE``: train an algorithm from a YAML recipe (LightningCLI; see
   :mod:`tdimitation.fit`).
@@ -29,7 +31,8 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
-from tdimitation.errors import TdimitationError
+from tdimitation import runs as _runs
+from tdimitation.errors import TdimitationError, TrackingError
 from tdimitation.utils import configure_threads
 
 #: The algorithms ``fit`` trains, by name: the ``model.class_path`` a recipe gives. Kept as
@@ -268,6 +271,13 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--experiment", default="eval", help="MLflow experiment name")
     p.add_argument(
+        "--run",
+        default=None,
+        metavar="RUN_ID",
+        help="with --mlflow: attach the results and video to this (training) run instead of "
+        "starting a new one",
+    )
+    p.add_argument(
         "--data-dir",
         default=None,
         help="directory of the local MLflow store (None: $TDIMITATION_DATA_DIR or "
@@ -284,6 +294,13 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if args.video:
         video_format(args.video)  # fail before evaluating, not after
+    if args.mlflow:
+        client = _runs.open_client(args.data_dir)
+        _runs.mark_stale_runs(client)
+        if args.run:
+            _runs.get_run(client, args.run)  # an unknown run fails before evaluating
+    elif args.run:
+        raise TrackingError("--run attaches to an MLflow run: add --mlflow")
     deterministic = not args.stochastic
     env = make_env(
         args.env, num_envs=args.num_envs, seed=args.seed, fixed_horizon=args.fixed_horizon
@@ -303,7 +320,12 @@ def run_eval(args: argparse.Namespace) -> int:
             deterministic=deterministic,
             fixed_horizon=args.fixed_horizon,
         )
-    if args.mlflow:
+    if args.mlflow and args.run:
+        settings = {k: getattr(args, k) for k in ("env", "policy", "episodes", "seed")}
+        settings["deterministic"] = deterministic
+        _runs.attach_evaluation(client, args.run, stats, settings, video)
+        print(f"attached the evaluation to MLflow run {args.run}", file=sys.stderr)
+    elif args.mlflow:
         from tdimitation.tracking import browse_hint, make_mlflow_logger, tracking_uri
 
         logger = make_mlflow_logger(args.experiment, data_dir_path=args.data_dir)
@@ -364,6 +386,13 @@ def _package_version() -> str:
         return version("tdimitation")
     except PackageNotFoundError:  # running from a source tree that is not installed
         return "unknown (not installed)"
+
+
+# ------------------------------------------------------------------------- runs
+# The command lives in tdimitation.runs (which imports MLflow only when it runs).
+command("runs", "list and compare training runs of the MLflow store", _runs.add_arguments)(
+    _runs.main
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,6 +41,12 @@ class CheckpointError(TdimitationError, OSError):
     """A checkpoint is missing, unreadable, or not one of a tdimitation training run."""
 
 
+class TrackingError(TdimitationError, ValueError):
+    """A run record cannot be found or read: an unknown MLflow run or experiment, no run to
+    resume, a bad filter.
+    """
+
+
 class VideoError(TdimitationError, ValueError):
     """A video cannot be written: unknown file type, missing writer, or no RGB frames."""
 
@@ -103,3 +109,4 @@ class FitConfigError(TdimitationError, ValueError):
 
 
 __all__ += ["BudgetError", "FitConfigError"]
+__all__ += ["TrackingError"]

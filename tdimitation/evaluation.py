@@ -164,6 +164,7 @@ def record_video(
     deterministic: bool = True,
     env_kwargs: dict[str, Any] | None = None,
     fixed_horizon: int | None = None,
+    max_steps: int | None = None,
 ) -> Path:
     """Render ``n_episodes`` whole episodes of ``policy`` to a video file.
 
@@ -184,6 +185,8 @@ def record_video(
         deterministic: greedy actions.
         env_kwargs: extra keyword arguments for ``gymnasium.make``.
         fixed_horizon: make every episode exactly this long (see ``make_env``).
+        max_steps: stop after this many env steps, even within an episode (a short
+            video); None: whole episodes.
 
     Returns:
         ``Path(path)``.
@@ -221,7 +224,9 @@ def record_video(
         td = env.reset()
         frames.append(keep(_frame(env)))
         with set_exploration_type(exploration), torch.no_grad():
-            while finished < n_episodes:
+            steps = 0
+            while finished < n_episodes and (max_steps is None or steps < max_steps):
+                steps += 1
                 td = env.step(policy(td))
                 frames.append(keep(_frame(env)))
                 if bool(td.get(("next", "done")).any()):

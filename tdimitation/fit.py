@@ -7,20 +7,25 @@ period, evaluation episodes). ``--print_config`` shows the resolved config; any 
 overridden on the command line (``--model.init_args.total_frames 50000``).
 
 A fit run logs to MLflow (local sqlite store under the data directory unless
-``MLFLOW_TRACKING_URI`` is set): hyperparameters, per-round metrics, the resolved config,
-the final checkpoint, and a deterministic evaluation of the trained policy at the end.
+``MLFLOW_TRACKING_URI`` is set): every parameter (model, ``data.*``, ``trainer.*``,
+``run.*``), tags (recipe, git commit, version, process), per-round metrics, a deterministic
+evaluation of the trained policy at the last step, the resolved config, the final
+checkpoint, a short video of the policy and a learning-curve plot (docs/runs.md).
 Checkpoints (``last.ckpt``, written atomically every ``run.checkpoint_every`` rounds) go to
-``<data_dir>/runs/<experiment>/<run name>/``; pass ``--ckpt_path`` to resume a killed run.
+``<data_dir>/runs/<experiment>/<run name>/``; ``--ckpt_path PATH`` (or ``last``: the
+recipe's newest run) resumes a stopped run and continues its MLflow run.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 import warnings
 from argparse import ArgumentError
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -36,6 +41,25 @@ from tdimitation.fit_errors import (
     explain_instantiation_error,
     explain_parse_error,
     normalise_flags,
+)
+from tdimitation.runrecord import (
+    LATEST,
+    config_params,
+    interrupt_on_signals,
+    latest_checkpoint,
+    learning_curve,
+    read_run_file,
+    recipe_of,
+    record_policy_video,
+    start_tags,
+    write_run_file,
+)
+from tdimitation.runs import (
+    TAG_ALGORITHM,
+    TAG_LAST_STEP,
+    TAG_NOTE,
+    TAG_RESUMED_FROM,
+    mark_stale_runs,
 )
 from tdimitation.tracking import (
     DATA_DIR_ENV,
@@ -95,11 +119,20 @@ class _FitCLI(LightningCLI):
             help="deterministic evaluation episodes after training (0: none)",
         )
         parser.add_argument(
+            "--run.video",
+            type=bool,
+            default=True,
+            help="record a short video of the final policy as an artifact",
+        )
+        parser.add_argument(
+            "--run.video_steps", type=int, default=100, help="env steps in that video"
+        )
+        parser.add_argument(
             "--ckpt_path",
             type=str | None,
             default=None,
-            help="resume from this checkpoint (spelt --ckpt-path too: every option of fit "
-            "takes dashes for underscores)",
+            help="resume from this checkpoint, or 'last': the newest run of the recipe (spelt "
+            "--ckpt-path too: every option of fit takes dashes for underscores)",
         )
 
 
@@ -134,6 +167,13 @@ def fit_main(argv: list[str] | None = None) -> int:
         banners.setLevel(saved_level)
     # Refuse before the run writes anything (MLflow run, run directory).
     ckpt_path = cli.config.get("ckpt_path")
+    if ckpt_path == LATEST:
+        run_cfg = cli.config.run
+        experiment = run_cfg.experiment or type(cli.model).__name__
+        root = data_dir(run_cfg.data_dir)
+        ckpt_path = cli.config.ckpt_path = str(
+            latest_checkpoint(root, experiment, recipe_of(cli.config))
+        )
     if hasattr(cli.model, "training_budget"):
         check_trainer_limits(cli.trainer, cli.model, None if ckpt_path else 0)
     checked: set[str] = set()
@@ -237,33 +277,136 @@ def check_checkpoint_matches(
 
 def _run(cli: _FitCLI, checked: set[str]) -> int:
     config = cli.config
-    if config.ckpt_path and config.ckpt_path not in checked:
-        check_checkpoint(config.ckpt_path)
     run_cfg = config.run
-    model, trainer = cli.model, cli.trainer
+    model = cli.model
     experiment = run_cfg.experiment or type(model).__name__
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    # Ids may have a namespace ("a/B-v0") or be entry points ("pkg.mod:Env"): file-safe.
-    env_name = str(getattr(model, "env_id", "run")).replace("/", "-").replace(":", "-")
-    run_name = run_cfg.name or f"{type(model).__name__}-{env_name}-{stamp}"
     root = data_dir(run_cfg.data_dir)
     if run_cfg.data_dir:
         # Caches made during the run (collected demonstrations, DAgger buffers) follow too.
         os.environ[DATA_DIR_ENV] = str(root)
+    recipe = recipe_of(config)
+    if config.ckpt_path == LATEST:  # a caller of _run that skipped fit_main's checks
+        config.ckpt_path = str(latest_checkpoint(root, experiment, recipe))
+    if config.ckpt_path and config.ckpt_path not in checked:
+        check_checkpoint(config.ckpt_path)
     uri = tracking_uri(root)
-    logger = make_mlflow_logger(experiment, run_name=run_name, uri=uri)
-    trainer.logger = logger
-    checkpoints = PeriodicCheckpoint(
-        root / "runs" / experiment / run_name, run_cfg.checkpoint_every
-    )
-    trainer.callbacks.append(checkpoints)
+    previous = read_run_file(Path(config.ckpt_path).parent) if config.ckpt_path else None
+    logger, run_dir, last_step = _open_run(model, run_cfg.name, experiment, root, uri, previous)
+    client, run_id = logger.experiment, logger.run_id
+    with interrupt_on_signals() as received:
+        try:
+            checkpoints = _start_record(cli, logger, run_dir, recipe, experiment, previous)
+            _fit_and_record(cli, logger, checkpoints, last_step)
+        except BaseException as err:
+            killed = bool(received) or isinstance(err, KeyboardInterrupt)
+            client.set_terminated(run_id, "KILLED" if killed else "FAILED")
+            if not received:
+                raise
+            name = signal.Signals(received[0]).name
+            print(
+                f"tdimitation fit: stopped by {name}; run {run_id} marked KILLED", file=sys.stderr
+            )
+            return 128 + received[0]
+    logger.finalize("success")
+    print(f"checkpoint: {checkpoints.path}")
+    print(f"browse the run: {browse_hint(uri)}")
+    return 0
 
+
+def _start_record(
+    cli: _FitCLI, logger, run_dir: Path, recipe: str, experiment: str, previous
+) -> PeriodicCheckpoint:
+    """Tag the run, log the settings, write run.json, attach the logger and checkpoints."""
+    config, model, trainer = cli.config, cli.model, cli.trainer
+    run_cfg = config.run
+    client, run_id = logger.experiment, logger.run_id
+    from mlflow.entities import RunTag
+
+    # This process's tags first, so the run is not judged stale below.
+    tags = start_tags(model, recipe, run_dir)
+    if config.ckpt_path:
+        tags["tdimitation.resumed_checkpoint"] = str(Path(config.ckpt_path).resolve())
+        if previous is not None:
+            tags[TAG_RESUMED_FROM] = previous["run_id"]
+    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+    run = client.get_run(run_id)
+    if run.info.status != "RUNNING":  # a continued run
+        client.update_run(run_id, status="RUNNING")
+        if TAG_NOTE in run.data.tags:  # how its last process ended: no longer true
+            client.delete_tag(run_id, TAG_NOTE)
+    for stale in mark_stale_runs(client):
+        print(f"marked run {stale} KILLED: its process is gone", file=sys.stderr)
+    logger.log_hyperparams(config_params(config))
+    write_run_file(
+        run_dir,
+        {
+            "run_id": run_id,
+            "run_name": run.info.run_name,
+            "experiment": experiment if previous is None else previous["experiment"],
+            "tracking_uri": client.tracking_uri,
+            "recipe": recipe,
+            "run_dir": str(run_dir),
+            "algorithm": tags[TAG_ALGORITHM],
+        },
+    )
+    trainer.logger = logger
+    checkpoints = PeriodicCheckpoint(run_dir, run_cfg.checkpoint_every)
+    trainer.callbacks.append(checkpoints)
+    print(f"run directory: {run_dir}", flush=True)
+    print(f"MLflow run: {run_id}", flush=True)
+    return checkpoints
+
+
+def _open_run(model, name: str | None, experiment: str, root: Path, uri: str, previous):
+    """The logger, run directory and last logged step of the run to log to.
+
+    A resumed run continues its MLflow run (read from ``run.json`` beside the checkpoint)
+    unless another run name is asked for, or the run is no longer in the store: then a
+    new run starts, tagged with the id of the one it resumes.
+    """
+    if previous is not None and name in (None, previous["run_name"]):
+        if previous.get("tracking_uri") == uri:
+            from mlflow.exceptions import MlflowException
+
+            logger = make_mlflow_logger(
+                previous["experiment"],
+                run_name=previous["run_name"],
+                uri=uri,
+                run_id=previous["run_id"],
+            )
+            try:
+                run = logger.experiment.get_run(previous["run_id"])
+            except MlflowException:
+                run = None
+            if run is not None and run.info.lifecycle_stage != "deleted":
+                last_step = int(run.data.tags.get(TAG_LAST_STEP, 0))
+                return logger, Path(previous["run_dir"]), last_step
+        print(
+            f"MLflow run {previous['run_id']} is not in {uri}: the resumed run is logged as "
+            "a new run linked to it",
+            file=sys.stderr,
+        )
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    # Ids may have a namespace ("a/B-v0") or be entry points ("pkg.mod:Env"): file-safe.
+    env_name = str(getattr(model, "env_id", "run")).replace("/", "-").replace(":", "-")
+    run_name = name or f"{type(model).__name__}-{env_name}-{stamp}"
+    logger = make_mlflow_logger(experiment, run_name=run_name, uri=uri)
+    return logger, root / "runs" / experiment / run_name, 0
+
+
+def _fit_and_record(cli: _FitCLI, logger, checkpoints: PeriodicCheckpoint, last_step: int) -> None:
+    """Train, then log the final evaluation at the last step, the config and artifacts."""
+    config, model, trainer = cli.config, cli.model, cli.trainer
+    run_cfg = config.run
     config_yaml = cli.parser.dump(config, skip_none=False)
     started = time.perf_counter()
     trainer.fit(model, datamodule=cli.datamodule, ckpt_path=config.ckpt_path, weights_only=True)
     elapsed = time.perf_counter() - started
 
-    experiment_client, run_id = logger.experiment, logger.run_id
+    client, run_id = logger.experiment, logger.run_id
+    # The end of the curves: the last step training logged at (or the resumed run's).
+    step = logger.last_step if logger.last_step is not None else last_step
+    # Online algorithms logged `frames` at that step: the x-axis option covers these too.
     metrics: dict[str, Any] = {"time/fit_seconds": elapsed}
     if run_cfg.eval_episodes > 0 and hasattr(model, "export_policy"):
         stats = evaluate_module(model, run_cfg.eval_episodes)
@@ -272,15 +415,32 @@ def _run(cli: _FitCLI, checked: set[str]) -> int:
             f"evaluation over {int(stats['n_traj'])} episodes: return "
             f"{stats['return_mean']:.1f} ± {stats['return_std']:.1f}"
         )
-    for key, value in metrics.items():
-        experiment_client.log_metric(run_id, key, float(value))
-    experiment_client.log_text(run_id, config_yaml, "config.yaml")
+    logger.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
+    client.set_tag(run_id, TAG_LAST_STEP, str(step))
+    client.log_text(run_id, config_yaml, "config.yaml")
     if checkpoints.path.exists():
-        experiment_client.log_artifact(run_id, str(checkpoints.path), "checkpoints")
-    logger.finalize("success")
-    print(f"checkpoint: {checkpoints.path}")
-    print(f"browse the run: {browse_hint(uri)}")
-    return 0
+        client.log_artifact(run_id, str(checkpoints.path), "checkpoints")
+    _log_artifacts(model, client, run_id, checkpoints.dirpath, run_cfg)
+
+
+def _log_artifacts(model, client, run_id: str, run_dir: Path, run_cfg) -> None:
+    """The video of the final policy and the learning curve; a note where one cannot be."""
+    notes = []
+    if run_cfg.video and run_cfg.video_steps > 0 and hasattr(model, "export_policy"):
+        try:
+            video = record_policy_video(model, run_dir / "final_policy.gif", run_cfg.video_steps)
+            client.log_artifact(run_id, str(video), "video")
+        except Exception as err:  # noqa: BLE001 - training is done; the video is an extra
+            notes.append(f"no video of the final policy: {str(err).splitlines()[0]}")
+    plot = learning_curve(client, run_id, run_dir / "learning_curve.png", run_dir.name)
+    if plot is not None:
+        client.log_artifact(run_id, str(plot), "plots")
+    else:
+        notes.append("no learning curve: the run logged no return or loss")
+    for note in notes:
+        print(f"tdimitation fit: {note}", file=sys.stderr)
+    if notes:
+        client.set_tag(run_id, TAG_NOTE, "; ".join(notes))
 
 
 if __name__ == "__main__":

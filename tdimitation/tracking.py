@@ -9,6 +9,7 @@ the URI at call time: ``MLFLOW_TRACKING_URI`` when set (e.g. a remote server), o
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def make_mlflow_logger(
     uri: str | None = None,
     tags: dict[str, str] | None = None,
     log_model: bool = False,
+    run_id: str | None = None,
 ):
     """A Lightning ``MLFlowLogger`` on the default store (see module docstring).
 
@@ -54,15 +56,15 @@ def make_mlflow_logger(
         uri: explicit tracking URI; overrides everything else.
         tags: run tags.
         log_model: let Lightning log checkpoints as artifacts.
+        run_id: continue this existing run instead of starting a new one.
     """
-    from lightning.pytorch.loggers import MLFlowLogger
-
     resolved = uri or tracking_uri(data_dir_path)
     artifact_location = None
     if resolved.startswith("sqlite:///"):
         # Keep artifacts beside the database rather than in ./mlruns of the cwd.
         artifact_location = (Path(resolved[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
-    return MLFlowLogger(
+    return tracking_logger_class()(
+        run_id=run_id,
         experiment_name=experiment_name,
         run_name=run_name,
         tracking_uri=resolved,
@@ -70,6 +72,57 @@ def make_mlflow_logger(
         log_model=log_model,
         artifact_location=artifact_location,
     )
+
+
+@functools.cache
+def tracking_logger_class() -> type:
+    """Lightning's ``MLFlowLogger`` made fit for runs that are resumed and recorded.
+
+    * Keys starting with ``_`` (LightningCLI's ``_instantiator`` and ``_class_path``) are
+      internal and not logged as parameters.
+    * A continued run keeps its first value of a parameter (MLflow refuses to change one):
+      a value that differs is recorded as the tag ``tdimitation.resumed.<key>``.
+    * ``last_step`` is the largest step metrics were logged at (None before any), so
+      metrics logged after training can be placed at the end of the curves.
+
+    Built on first use, so importing this module does not import Lightning.
+    """
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    class TrackingLogger(MLFlowLogger):
+        last_step: int | None = None
+
+        def log_hyperparams(self, params) -> None:
+            params = dict(params if isinstance(params, dict) else vars(params))
+            params = {k: v for k, v in params.items() if not str(k).startswith("_")}
+            existing = self.experiment.get_run(self.run_id).data.params
+            if existing:
+                # Compared as MLFlowLogger logs them: flattened, strings of at most 250 chars.
+                flat = {k: str(v)[:250] for k, v in _flatten(params).items()}
+                for key, value in flat.items():
+                    if key in existing and existing[key] != value:
+                        self.experiment.set_tag(self.run_id, f"tdimitation.resumed.{key}", value)
+                params = {k: v for k, v in flat.items() if k not in existing}
+            if params:
+                super().log_hyperparams(params)
+
+        def log_metrics(self, metrics, step: int | None = None) -> None:
+            super().log_metrics(metrics, step)
+            self.last_step = max(self.last_step or 0, int(step or 0))
+
+    return TrackingLogger
+
+
+def _flatten(params: dict, parent: str = "") -> dict:
+    """Nested dictionaries as ``a/b`` keys (the way Lightning's MLflow logger names them)."""
+    flat: dict = {}
+    for key, value in params.items():
+        name = f"{parent}/{key}" if parent else str(key)
+        if isinstance(value, dict):
+            flat |= _flatten(value, name)
+        else:
+            flat[name] = value
+    return flat
 
 
 def browse_hint(uri: str | None = None) -> str:
