@@ -170,6 +170,10 @@ class _IndexBlocks(IterableDataset):
         if pending:
             yield torch.stack(pending)
 
+    def __len__(self) -> int:
+        # The blocks __iter__ yields (known in advance: the progress bar shows a total).
+        return -(-max(self.n_batches - self.skip, 0) // self.block)
+
 
 class BC(FitThreads, L.LightningModule):
     """Behavioral cloning: maximise the likelihood of the expert's actions.

@@ -54,6 +54,10 @@ class RoundIndices(IterableDataset):
     def __iter__(self) -> Iterator[int]:
         yield from range(self.first, self.last)
 
+    def __len__(self) -> int:
+        # Known in advance: Lightning's progress bar then shows a total and an ETA.
+        return max(self.last - self.first, 0)
+
 
 #: The keys off-policy algorithms keep per transition. A fixed set: torchrl's buffers do not
 #: validate schemas (an extra key adds a column, a missing one leaves garbage rows).
