@@ -7,18 +7,14 @@ def _quiet_lightning() -> None:
     """Silence Lightning's start-of-fit banners unless the user configured its logger.
 
     "GPU available: ...", "TPU available: ..." and the "Tip" lines go through Lightning's
-    rank-zero logger at INFO; its warnings still show. Our datasets define ``__len__`` (so
-    progress bars know their total) and load in the main process, so Lightning's caution
-    about ``__len__`` with worker processes does not apply to them.
+    rank-zero logger at INFO; its warnings still show.
     """
     import logging
-    import warnings
 
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 
 _quiet_lightning()

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tdimitation.algorithms.bc import _IndexBlocks
 from tdimitation.rl.base import RoundIndices
@@ -83,3 +84,13 @@ def test_help_imports_no_torch():
     )
     assert "usage: tdimitation" in out.stdout
     assert out.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_index_blocks_resume_where_a_run_stopped_and_cover_each_epoch_once():
+    whole = _IndexBlocks(100, 8, 1, 3, 30, seed=0, skip=0)
+    batches = torch.cat(list(whole))  # [30, 1, 8]: 12 batches per epoch, 2.5 epochs
+    first_epoch = batches[:12].flatten()
+    assert len(set(first_epoch.tolist())) == 96  # one epoch: 96 distinct rows of 100
+    assert not torch.equal(batches[:12], batches[12:24])  # a fresh permutation per epoch
+    resumed = torch.cat(list(_IndexBlocks(100, 8, 1, 3, 30, seed=0, skip=7)))
+    assert torch.equal(resumed, batches[7:])
