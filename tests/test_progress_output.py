@@ -65,6 +65,7 @@ def test_fit_shows_a_total_and_no_lightning_banners(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout + out.stderr
+    assert "bc/loss" in text and "bc/prob_true_act" in text  # BC's figures on the bar
     for banner in ("GPU available", "TPU available", "Tip:"):
         assert banner not in text
     # The bar ends at "done/total" (a bar without a total shows "done/--").
