@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, IterableDataset
 
 from tdimitation.callbacks import FitThreads
 from tdimitation.data.trajectory import check_matches_env, check_trajectories
@@ -131,14 +131,12 @@ class DemonstrationData(L.LightningDataModule):
 PROGRESS_BAR_KEYS = ("loss", "prob_true_act")
 
 
-class _IndexBlocks(Dataset):
+class _IndexBlocks(IterableDataset):
     """Blocks ``[K, micro_batches, batch]`` of row indices, epoch after epoch.
 
     Each epoch is a fresh permutation (from a generator seeded by ``seed + epoch``, so a
     resumed run redraws the same order) cut into full batches; ``skip`` batches are dropped
-    from the front when resuming. Block ``i`` holds batches ``skip + i * block`` onwards
-    (numbered across epochs). A sized (map-style) dataset, read in order: Lightning's
-    progress bar then shows the total and an ETA.
+    from the front when resuming.
     """
 
     def __init__(
@@ -153,34 +151,28 @@ class _IndexBlocks(Dataset):
     ) -> None:
         self.n_rows, self.batch, self.accumulate, self.block = n_rows, batch, accumulate, block
         self.n_batches, self.seed, self.skip = n_batches, seed, skip
-        self.per_epoch = n_rows // (batch * accumulate)
-        self._epoch, self._steps = -1, None  # the permutation last cut into batches
-
-    def __len__(self) -> int:
-        return -(-max(self.n_batches - self.skip, 0) // self.block)
-
-    def _epoch_steps(self, epoch: int) -> torch.Tensor:
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed + epoch)
-            perm = torch.randperm(self.n_rows, generator=g)
-            rows = perm[: self.per_epoch * self.batch * self.accumulate]
-            self._epoch, self._steps = epoch, rows.view(self.per_epoch, self.accumulate, self.batch)
-        return self._steps
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        first = self.skip + index * self.block
-        last = min(first + self.block, self.n_batches)
-        steps = [
-            self._epoch_steps(step // self.per_epoch)[step % self.per_epoch]
-            for step in range(first, last)
-        ]
-        return torch.stack(steps)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        for index in range(len(self)):
-            yield self[index]
+        per_epoch = self.n_rows // (self.batch * self.accumulate)
+        done, epoch, pending = 0, 0, []
+        while done < self.n_batches:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            perm = torch.randperm(self.n_rows, generator=g)[
+                : per_epoch * self.batch * self.accumulate
+            ]
+            steps = perm.view(per_epoch, self.accumulate, self.batch)
+            for step in steps:
+                if done >= self.n_batches:
+                    break
+                if done >= self.skip:
+                    pending.append(step)
+                done += 1
+                if len(pending) == self.block:
+                    yield torch.stack(pending)
+                    pending = []
+            epoch += 1
+        if pending:
+            yield torch.stack(pending)
 
 
 class BC(FitThreads, L.LightningModule):

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, IterableDataset
 from torchrl.data import LazyTensorStorage, ReplayBuffer, TensorDictReplayBuffer
 
 from tdimitation.callbacks import FitThreads
@@ -41,24 +41,15 @@ from tdimitation.policies.registry import checkpoint_policy_entry
 from tdimitation.rng import attach_rng, make_rng, stochastic_modules
 
 
-class RoundIndices(Dataset):
+class RoundIndices(IterableDataset):
     """The dataloader of online algorithms: round numbers ``first..last-1``, not data.
 
     Collection happens in ``training_step``: Lightning fetches one batch ahead, which
-    would collect round k+1 before the update on round k (see OnlineAlgorithm). A sized
-    (map-style) dataset, so Lightning's progress bar shows the rounds' total and an ETA.
+    would collect round k+1 before the update on round k (see OnlineAlgorithm).
     """
 
     def __init__(self, first: int, last: int) -> None:
         self.first, self.last = int(first), int(last)
-
-    def __len__(self) -> int:
-        return max(self.last - self.first, 0)
-
-    def __getitem__(self, index: int) -> int:
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        return self.first + index
 
     def __iter__(self) -> Iterator[int]:
         yield from range(self.first, self.last)
