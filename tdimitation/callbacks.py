@@ -39,6 +39,11 @@ class PeriodicCheckpoint(L.Callback):
         return self.dirpath / self.filename
 
     def _save(self, trainer: L.Trainer) -> None:
+        # Metrics a logger buffers reach the store first: a run resumed from this
+        # checkpoint repeats only what came after it.
+        for logger in trainer.loggers:
+            if callable(getattr(logger, "flush", None)):
+                logger.flush()
         with atomic_path(self.path) as tmp:
             trainer.save_checkpoint(tmp, weights_only=False)
 

@@ -33,7 +33,6 @@ from collections.abc import Callable, Sequence
 
 from tdimitation import runs as _runs
 from tdimitation.errors import TdimitationError, TrackingError
-from tdimitation.utils import configure_threads
 
 #: The algorithms ``fit`` trains, by name: the ``model.class_path`` a recipe gives. Kept as
 #: text so ``tdimitation --help`` stays fast (tests check each path imports).
@@ -431,7 +430,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tdimitation`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    configure_threads()
     if argv[:1] == ["fit"]:
         # LightningCLI owns fit's arguments (every recipe key is an option).
         from tdimitation.fit import fit_main
@@ -445,6 +443,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Imported here, not at the top: `--help` and usage errors need no torch.
+    from tdimitation.utils import configure_threads
+
+    configure_threads()
     run = COMMANDS[args.command][2]
     try:
         return int(run(args) or 0)

@@ -26,6 +26,9 @@ from tdimitation.errors import VideoError
 from tdimitation.rng import isolated_sampling
 from tdimitation.utils import atomic_path
 
+#: Sub-envs of :func:`evaluate_module` at most (one per requested episode below it).
+MAX_EVAL_ENVS = 32
+
 GIF_SUFFIXES = (".gif",)
 MOVIE_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 
@@ -74,7 +77,9 @@ def evaluate_module(module, n_episodes: int = 20) -> dict[str, float]:
     seed)``, ``seed``); the env is fresh, seeded apart from training, and closed after.
     """
     seed = 10_000 + (module.seed or 0)
-    env = module.make_env(num_envs=min(n_episodes, 8), seed=seed)
+    # One sub-env per episode (up to MAX_EVAL_ENVS): the episodes run side by side in one
+    # batch of vector steps, ~2.5x faster than 8 sub-envs running two or three in a row.
+    env = module.make_env(num_envs=min(n_episodes, MAX_EVAL_ENVS), seed=seed)
     try:
         return evaluate_policy(module.export_policy(), env, n_episodes, True, seed=seed)
     finally:

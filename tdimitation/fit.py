@@ -18,6 +18,7 @@ recipe's newest run) resumes a stopped run and continues its MLflow run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -299,6 +300,8 @@ def _run(cli: _FitCLI, checked: set[str]) -> int:
             _fit_and_record(cli, logger, checkpoints, last_step)
         except BaseException as err:
             killed = bool(received) or isinstance(err, KeyboardInterrupt)
+            with contextlib.suppress(Exception):  # keep the curves up to the stop
+                logger.flush()
             client.set_terminated(run_id, "KILLED" if killed else "FAILED")
             if not received:
                 raise
@@ -416,6 +419,7 @@ def _fit_and_record(cli: _FitCLI, logger, checkpoints: PeriodicCheckpoint, last_
             f"{stats['return_mean']:.1f} ± {stats['return_std']:.1f}"
         )
     logger.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
+    logger.flush()  # the learning curve below reads them back from the store
     client.set_tag(run_id, TAG_LAST_STEP, str(step))
     client.log_text(run_id, config_yaml, "config.yaml")
     if checkpoints.path.exists():

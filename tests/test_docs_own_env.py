@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 
 from tdimitation.cli import main
 from tdimitation.envs import make_env
-from tdimitation.evaluation import evaluate_policy
+from tdimitation.evaluation import MAX_EVAL_ENVS, evaluate_policy
 from tdimitation.policies import load_policy
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "own-env.md"
@@ -135,8 +135,9 @@ def test_recipes_train_and_log_to_mlflow(page):
     ns, workdir, client, _ = page
     bc_run = _run(client, "reach-bc")
     assert bc_run.data.params["env_id"] == "reach_env:ReachEnv"
-    # The fit's final evaluation: 50 episodes on a fresh env seeded 10,000 + seed.
-    eval_env = make_env("reach_env:ReachEnv", num_envs=8, seed=10_000)
+    # The fit's final evaluation: 50 episodes on a fresh env seeded 10,000 + seed, one
+    # sub-env per episode up to MAX_EVAL_ENVS.
+    eval_env = make_env("reach_env:ReachEnv", num_envs=min(50, MAX_EVAL_ENVS), seed=10_000)
     expert = evaluate_policy(ns["expert_policy"], eval_env, 50)["return_mean"]
     assert bc_run.data.metrics["eval/return_mean"] == pytest.approx(expert, abs=0.05 * abs(expert))
     gail_run = _run(client, "reach-gail")

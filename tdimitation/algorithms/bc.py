@@ -128,6 +128,10 @@ class DemonstrationData(L.LightningDataModule):
         return self.trainer.lightning_module.make_train_loader(self.demonstrations)
 
 
+#: BC's figures on the progress bar (besides ``bc/epoch``), as ``bc/<key>``.
+PROGRESS_BAR_KEYS = ("loss", "prob_true_act")
+
+
 class _IndexBlocks(IterableDataset):
     """Blocks ``[K, micro_batches, batch]`` of row indices, epoch after epoch.
 
@@ -423,13 +427,18 @@ class BC(FitCallbacks, L.LightningModule):
         if log_metrics:
             # The run's optimizer steps (fused blocks' included: Lightning counts only its own).
             out = out | {"optimizer_steps": torch.tensor(float(self.batches_done))}
-            self.log_dict(
-                {f"bc/{key}": value.detach() for key, value in out.items()},
-                prog_bar=False,
-                on_step=True,
-                on_epoch=False,
-                batch_size=1,
-            )
+            for on_bar in (True, False):  # the loss and the expert actions' probability shown
+                self.log_dict(
+                    {
+                        f"bc/{key}": value.detach()
+                        for key, value in out.items()
+                        if (key in PROGRESS_BAR_KEYS) == on_bar
+                    },
+                    prog_bar=on_bar,
+                    on_step=True,
+                    on_epoch=False,
+                    batch_size=1,
+                )
         self.log("bc/epoch", self.batches_done / self._per_epoch, prog_bar=True, batch_size=1)
         every = self.hparams.eval_every_n_epochs
         if every and (self.batches_done // self._per_epoch) // every > epochs_before // every:
