@@ -11,6 +11,9 @@ Subcommands:
 * ``eval``: evaluate a policy (scripted, saved, checkpoint or Stable-Baselines3 zip), print
   its statistics as one JSON line, optionally record a video and log to MLflow.
 
+* ``label``: human preferences: serve the labelling page, add labellers, show status,
+  export answers (see docs/human-preferences.md).
+
 * ``fit --config RECIPE``: train an algorithm from a YAML recipe (LightningCLI; see
   :mod:`tdimitation.fit`).
 
@@ -305,6 +308,20 @@ def run_eval(args: argparse.Namespace) -> int:
         )
     print(json.dumps(stats))
     return 0
+
+
+# ------------------------------------------------------------------------ label
+def _label_args(p: argparse.ArgumentParser) -> None:
+    from tdimitation.labelling.command import add_arguments
+
+    add_arguments(p)
+
+
+@command("label", "human preferences: serve the labelling page, add labellers, export", _label_args)
+def run_label(args: argparse.Namespace) -> int:
+    from tdimitation.labelling.command import run
+
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -92,3 +92,10 @@ class MCEIRLError(TdimitationError, ValueError):
 
 
 __all__ += ["TabularModelError", "MCEIRLError"]
+
+
+class LabellingError(TdimitationError, ValueError):
+    """The labelling store or server got bad input: database URL, session, labeller, query."""
+
+
+__all__ += ["LabellingError"]
