@@ -206,8 +206,14 @@ class LabelStore:
                     .where(assignments.c.query_id == queries.c.id)
                     .scalar_subquery()
                 )
+                given = sa.select(assignments.c.query_id).where(
+                    assignments.c.labeller_id == labeller_id
+                )
                 row = conn.execute(
-                    sa.select(queries).where(live, taken < queries.c.copies).order_by(queries.c.id).limit(1)
+                    sa.select(queries)
+                    .where(live, taken < queries.c.copies, queries.c.id.not_in(given))
+                    .order_by(queries.c.id)
+                    .limit(1)
                 ).first()
                 if row is None:
                     return None
@@ -300,9 +306,10 @@ class LabelStore:
                 .where(answers.c.id > after, answers.c.query_id.in_(in_session))
                 .values(claimed=True)
             )
+        other = answers.alias("other")
         first = (
-            sa.select(sa.func.min(answers.c.id))
-            .where(answers.c.query_id == queries.c.id)
+            sa.select(sa.func.min(other.c.id))
+            .where(other.c.query_id == answers.c.query_id)
             .scalar_subquery()
         )
         with self.engine.connect() as conn:
