@@ -47,8 +47,8 @@ async function answer(choice) {
   busy = true;
   try {
     const result = await call("POST", "/api/answer", { query_id: current.query_id, choice: choice });
-    say(result.ok ? "Saved: " + choice.replace("_", " ") : result.data.error);
     await loadNext();
+    say(result.ok ? "Saved: " + choice.replace("_", " ") : result.data.error);
   } finally { busy = false; }
 }
 
@@ -57,8 +57,8 @@ async function undo() {
   busy = true;
   try {
     const result = await call("POST", "/api/undo", {});
-    say(result.ok ? "Undone: " + result.data.choice.replace("_", " ") : result.data.error);
     await loadNext();
+    say(result.ok ? "Undone: " + result.data.choice.replace("_", " ") : result.data.error);
   } finally { busy = false; }
 }
 
