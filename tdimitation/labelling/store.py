@@ -400,6 +400,14 @@ class LabelStore:
             "agreement": agreed / len(doubles) if doubles else None,
         }
 
+    def query_rows(self, session: str | None = None) -> list[dict[str, Any]]:
+        """Every query (of ``session``), oldest first."""
+        stmt = sa.select(queries).order_by(queries.c.id)
+        if session is not None:
+            stmt = stmt.where(queries.c.session == session)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(stmt)]
+
     def export_rows(self, session: str | None = None) -> list[dict[str, Any]]:
         """Every answer (of ``session``, or of all sessions), oldest first."""
         stmt = (
