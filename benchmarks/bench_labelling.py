@@ -60,7 +60,8 @@ def run_load(port: int, tokens: list[str], quota: int) -> dict:
     """Run one labeller thread per token at once; the pooled results."""
     out: dict = {}
     threads = [
-        threading.Thread(target=labeller, args=(port, t, quota, out, i)) for i, t in enumerate(tokens)
+        threading.Thread(target=labeller, args=(port, t, quota, out, i))
+        for i, t in enumerate(tokens)
     ]
     start = time.perf_counter()
     for thread in threads:
@@ -84,8 +85,14 @@ def run_load(port: int, tokens: list[str], quota: int) -> dict:
 def publish(store, n: int, session: str) -> None:
     """``n`` queries (their clips are not fetched under load)."""
     rows = [
-        {"pair_id": i, "left_clip": f"{i:040x}.gif", "right_clip": f"{i + n:040x}.gif",
-         "fragments": None, "fragment_index": None, "copies": 1}
+        {
+            "pair_id": i,
+            "left_clip": f"{i:040x}.gif",
+            "right_clip": f"{i + n:040x}.gif",
+            "fragments": None,
+            "fragment_index": None,
+            "copies": 1,
+        }
         for i in range(n)
     ]
     store.add_queries(session, rows, time.time() + 3600)
@@ -107,7 +114,9 @@ def main() -> None:
     sys.path.insert(0, str(root))
     from tdimitation.labelling import LabelStore
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
+    )
     results = []
     for repeat in range(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:
@@ -116,8 +125,19 @@ def main() -> None:
             publish(store, args.answers, "bench")
             tokens = [store.add_labeller(f"labeller{i}") for i in range(args.labellers)]
             port = _free_port()
-            argv = [sys.executable, "-m", "tdimitation.cli", "label", "--database", database,
-                    "serve", "--clip-dir", tmp, "--port", str(port)]
+            argv = [
+                sys.executable,
+                "-m",
+                "tdimitation.cli",
+                "label",
+                "--database",
+                database,
+                "serve",
+                "--clip-dir",
+                tmp,
+                "--port",
+                str(port),
+            ]
             server = subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL)
             try:
                 while True:
@@ -140,7 +160,9 @@ def main() -> None:
     summary = {
         "labellers": args.labellers,
         "answers": results[0]["answers"],
-        "lost_or_doubled": sum(r["answers"] - r["stored"] + r["answers"] - r["distinct"] for r in results),
+        "lost_or_doubled": sum(
+            r["answers"] - r["stored"] + r["answers"] - r["distinct"] for r in results
+        ),
         "answers_per_s": statistics.median(r["answers_per_s"] for r in results),
         "p50_ms": statistics.median(r["p50_ms"] for r in results),
         "p95_ms": statistics.median(r["p95_ms"] for r in results),

@@ -132,7 +132,11 @@ def make_app(store: LabelStore, clip_dir: str | os.PathLike) -> Starlette:
     async def answer(request: Request, labeller: Labeller) -> Response:
         data = await _json_body(request)
         query_id, choice, note = data.get("query_id"), data.get("choice"), data.get("note", "")
-        if not isinstance(query_id, int) or isinstance(query_id, bool) or not isinstance(choice, str):
+        if (
+            not isinstance(query_id, int)
+            or isinstance(query_id, bool)
+            or not isinstance(choice, str)
+        ):
             raise _Rejected(422, "give query_id (an integer) and choice (a string)")
         if not isinstance(note, str):
             raise _Rejected(422, "note must be a string")
@@ -150,7 +154,9 @@ def make_app(store: LabelStore, clip_dir: str | os.PathLike) -> Starlette:
         path = clip_path(clip_dir, request.path_params["name"])
         if path is None:
             return _error(404, "no such clip")
-        return FileResponse(path, media_type="image/gif", headers={"X-Content-Type-Options": "nosniff"})
+        return FileResponse(
+            path, media_type="image/gif", headers={"X-Content-Type-Options": "nosniff"}
+        )
 
     async def status_json(request: Request, labeller: Labeller) -> Response:
         return JSONResponse(await run_in_threadpool(store.status), headers=SECURITY_HEADERS)

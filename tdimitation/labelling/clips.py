@@ -51,7 +51,11 @@ class ClipRenderer:
     """
 
     def __init__(
-        self, clip_dir: str | os.PathLike, env_id: str | None = None, fps: float = 20.0, scale: float = 0.5
+        self,
+        clip_dir: str | os.PathLike,
+        env_id: str | None = None,
+        fps: float = 20.0,
+        scale: float = 0.5,
     ) -> None:
         self.clip_dir = Path(clip_dir)
         self.clip_dir.mkdir(parents=True, exist_ok=True)
@@ -96,8 +100,7 @@ class ClipRenderer:
         key = "pixels" if "pixels" in fragment.keys() else "observation"
         source = fragment.get(key).contiguous()
         digest = hashlib.sha1(
-            f"{self.env_id}|{self.fps}|{self.scale}|{key}".encode()
-            + source.cpu().numpy().tobytes()
+            f"{self.env_id}|{self.fps}|{self.scale}|{key}".encode() + source.cpu().numpy().tobytes()
         ).hexdigest()
         name = f"{digest}.gif"
         path = self.clip_dir / name
@@ -112,7 +115,10 @@ class ClipRenderer:
         for frame in frames:
             image = Image.fromarray(frame)
             if self.scale != 1.0:
-                size = (max(1, round(image.width * self.scale)), max(1, round(image.height * self.scale)))
+                size = (
+                    max(1, round(image.width * self.scale)),
+                    max(1, round(image.height * self.scale)),
+                )
                 image = image.resize(size, Image.Resampling.BILINEAR)
             images.append(image.quantize(256, method=Image.Quantize.FASTOCTREE))
         # GIF delays are in 10 ms units; browsers slow delays under 20 ms down.
@@ -132,7 +138,8 @@ class ClipRenderer:
 
 def clip_path(clip_dir: str | os.PathLike, name: str) -> Path | None:
     """The file of clip ``name`` inside ``clip_dir``, or None for any other name (path
-    traversal, other suffixes) or a missing file."""
+    traversal, other suffixes) or a missing file.
+    """
     if not CLIP_NAME.match(name):
         return None
     root = Path(clip_dir).resolve()

@@ -18,7 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="SQLAlchemy URL of the store (default: sqlite:///DATA_DIR/labelling/labels.db; "
         "e.g. postgresql://user@host/labels for a team)",
     )
-    p.add_argument("--data-dir", default=None, help="data directory (default $TDIMITATION_DATA_DIR)")
+    p.add_argument(
+        "--data-dir", default=None, help="data directory (default $TDIMITATION_DATA_DIR)"
+    )
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     serve = actions.add_parser("serve", help="serve the labelling page")
     serve.add_argument("--clip-dir", default=None, help="clips (default DATA_DIR/labelling/clips)")
@@ -29,7 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     actions.add_parser("status", help="per-labeller counts and agreement, as JSON")
     export = actions.add_parser("export", help="write the answers as CSV or a preference dataset")
     export.add_argument("path", help="output: a .csv file, or a dataset directory")
-    export.add_argument("--format", choices=("csv", "dataset"), default=None, help="default: by suffix")
+    export.add_argument(
+        "--format", choices=("csv", "dataset"), default=None, help="default: by suffix"
+    )
     export.add_argument("--session", default=None, help="only this session (needed for dataset)")
 
 

@@ -32,7 +32,8 @@ def export_csv(store: LabelStore, path: str | os.PathLike, session: str | None =
 def export_dataset(store: LabelStore, path: str | os.PathLike, session: str) -> int:
     """Write ``session``'s labelled pairs as a :class:`PreferenceDataset` directory (what
     ``PreferenceDataset.load`` reads): the first answer of each pair, "can't tell" left
-    out, with the fragments the gatherer saved. Returns the number of comparisons."""
+    out, with the fragments the gatherer saved. Returns the number of comparisons.
+    """
     seen: set[int] = set()
     chosen = []
     for row in store.export_rows(session):

@@ -1,5 +1,6 @@
 """The human gatherer: preference queries published to the labelling store, answered by
-people on the page ``tdimitation label serve`` serves, collected while training goes on."""
+people on the page ``tdimitation label serve`` serves, collected while training goes on.
+"""
 
 from __future__ import annotations
 

@@ -148,7 +148,9 @@ class LabelStore:
             if conn.execute(sa.select(labellers.c.id).where(labellers.c.name == name)).first():
                 raise LabellingError(f"labeller {name!r} exists already; choose another name")
             conn.execute(
-                labellers.insert().values(name=name, token_hash=hash_token(token), created=time.time())
+                labellers.insert().values(
+                    name=name, token_hash=hash_token(token), created=time.time()
+                )
             )
         return token
 
@@ -168,7 +170,8 @@ class LabelStore:
     def add_queries(self, session: str, rows: list[dict[str, Any]], expires: float) -> None:
         """Publish queries of ``session`` (dicts with ``pair_id``, ``left_clip``,
         ``right_clip``, ``fragments``, ``fragment_index``, ``copies``); pairs the store has
-        already are left as they are (a restarted training process submits them again)."""
+        already are left as they are (a restarted training process submits them again).
+        """
         now = time.time()
         with self._lock, self.engine.begin() as conn:
             known = {
@@ -187,7 +190,8 @@ class LabelStore:
 
     def next_query(self, labeller_id: int) -> dict[str, Any] | None:
         """The query to show a labeller: one assigned to them and not yet answered by them
-        first (so a reloaded page or restarted server shows it again), else a new one."""
+        first (so a reloaded page or restarted server shows it again), else a new one.
+        """
         now = time.time()
         mine = sa.select(answers.c.query_id).where(answers.c.labeller_id == labeller_id)
         live = sa.and_(queries.c.status != "expired", queries.c.expires > now)
@@ -218,13 +222,18 @@ class LabelStore:
                 if row is None:
                     return None
                 conn.execute(
-                    assignments.insert().values(query_id=row.id, labeller_id=labeller_id, assigned=now)
+                    assignments.insert().values(
+                        query_id=row.id, labeller_id=labeller_id, assigned=now
+                    )
                 )
         return {"query_id": row.id, "left_clip": row.left_clip, "right_clip": row.right_clip}
 
-    def answer(self, labeller_id: int, query_id: int, choice: str, note: str = "") -> dict[str, Any]:
+    def answer(
+        self, labeller_id: int, query_id: int, choice: str, note: str = ""
+    ) -> dict[str, Any]:
         """Record a labeller's answer; raises :class:`AnswerRejected` (store unchanged) for an
-        unknown, expired or unassigned query, a second answer, or an unknown choice."""
+        unknown, expired or unassigned query, a second answer, or an unknown choice.
+        """
         if choice not in CHOICES:
             raise AnswerRejected(422, f"unknown choice {choice!r}; use one of {sorted(CHOICES)}")
         if len(note) > MAX_NOTE_CHARS:
@@ -281,7 +290,9 @@ class LabelStore:
                 raise AnswerRejected(409, "your last answer is already used for training")
             conn.execute(answers.delete().where(answers.c.id == last.id))
             left = conn.execute(
-                sa.select(sa.func.count()).select_from(answers).where(answers.c.query_id == last.query_id)
+                sa.select(sa.func.count())
+                .select_from(answers)
+                .where(answers.c.query_id == last.query_id)
             ).scalar()
             if not left:
                 conn.execute(
@@ -338,7 +349,8 @@ class LabelStore:
 
     def expire(self, session: str, now: float | None = None) -> list[int]:
         """Mark unanswered queries of ``session`` past their deadline expired; returns the
-        pair ids of every expired query of the session."""
+        pair ids of every expired query of the session.
+        """
         now = time.time() if now is None else now
         with self._lock, self.engine.begin() as conn:
             conn.execute(
@@ -363,7 +375,9 @@ class LabelStore:
         now = time.time()
         with self.engine.connect() as conn:
             done = conn.execute(
-                sa.select(sa.func.count()).select_from(answers).where(answers.c.labeller_id == labeller_id)
+                sa.select(sa.func.count())
+                .select_from(answers)
+                .where(answers.c.labeller_id == labeller_id)
             ).scalar()
             open_ = conn.execute(
                 sa.select(sa.func.count())
@@ -374,7 +388,8 @@ class LabelStore:
 
     def status(self) -> dict[str, Any]:
         """Per-labeller answer counts and the agreement on pairs two labellers answered
-        (both with a preference or a tie: the share of such pairs with the same answer)."""
+        (both with a preference or a tie: the share of such pairs with the same answer).
+        """
         with self.engine.connect() as conn:
             counts = conn.execute(
                 sa.select(labellers.c.name, sa.func.count(answers.c.id))

@@ -11,10 +11,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import uvicorn
+from tensordict import TensorDict
 
 from tdimitation.data.rollout import rollout
 from tdimitation.envs import make_env
 from tdimitation.labelling import HumanGatherer, LabelStore, make_app
+from tdimitation.objectives.preference import TRUE_REWARD
 from tdimitation.policies.base import RandomPolicy
 
 CARTPOLE_FIXED = "tdimitation/CartPoleFixed-v1"
@@ -42,7 +44,9 @@ def live_server(store: LabelStore, clip_dir: Path):
         sock.close()
 
 
-def call(port: int, method: str, path: str, token: str | None = None, body=None, raw=None, headers=None):
+def call(
+    port: int, method: str, path: str, token: str | None = None, body=None, raw=None, headers=None
+):
     """``(status, decoded JSON or text)`` of one request."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     sent = dict(headers or {})
@@ -84,3 +88,27 @@ def gatherer(tmp: Path, **kwargs) -> HumanGatherer:
         poll_interval=0.05,
     )
     return HumanGatherer(**(options | kwargs))
+
+
+def person(port: int, token: str, store, stop: threading.Event, answered: list) -> None:
+    """Answer every pair shown, by the true returns of its fragments, until told to stop."""
+    fragments: dict[str, TensorDict] = {}
+    rows = {}
+    while not stop.is_set():
+        query = call(port, "GET", "/api/next", token)[1]["query"]
+        if query is None:
+            stop.wait(0.05)
+            continue
+        if query["query_id"] not in rows:
+            rows = {r["id"]: r for r in store.query_rows()}
+        row = rows[query["query_id"]]
+        if row["fragments"] not in fragments:
+            fragments[row["fragments"]] = TensorDict.load_memmap(row["fragments"])
+        pair = fragments[row["fragments"]][row["fragment_index"]]
+        left, right = pair.get(TRUE_REWARD).sum(dim=(1, 2)).tolist()
+        choice = "left" if left > right else "right" if right > left else "equal"
+        status, _ = call(
+            port, "POST", "/api/answer", token, {"query_id": query["query_id"], "choice": choice}
+        )
+        assert status == 201
+        answered.append(row["pair_id"])

@@ -39,7 +39,16 @@ def test_bad_requests_get_4xx_and_change_nothing(tmp_path, pairs):
         query = out["query"]
         status, gif = call(port, "GET", query["left"], alice)
         assert status == 200 and gif.startswith(b"GIF8")
-        assert call(port, "POST", "/api/answer", alice, {"query_id": query["query_id"], "choice": "left"})[0] == 201
+        assert (
+            call(
+                port,
+                "POST",
+                "/api/answer",
+                alice,
+                {"query_id": query["query_id"], "choice": "left"},
+            )[0]
+            == 201
+        )
         before = snapshot(store)
         other = call(port, "GET", "/api/next", bob)[1]["query"]["query_id"]
         assert other != query["query_id"]  # one pair goes to one labeller
@@ -59,17 +68,59 @@ def test_bad_requests_get_4xx_and_change_nothing(tmp_path, pairs):
             (("GET", "/static/../store.py", None, None, None, None), 404),
             (("POST", "/api/answer", alice, None, b"{not json", None), 400),
             (("POST", "/api/answer", alice, None, b"x" * (MAX_BODY_BYTES + 1), None), 413),
-            (("POST", "/api/answer", alice, None, b"query_id=1", {"Content-Type": "text/plain"}), 415),
+            (
+                ("POST", "/api/answer", alice, None, b"query_id=1", {"Content-Type": "text/plain"}),
+                415,
+            ),
             (("POST", "/api/answer", alice, [1, 2], None, None), 422),
             (("POST", "/api/answer", alice, {"query_id": "1", "choice": "left"}, None, None), 422),
             (("POST", "/api/answer", alice, {"query_id": other, "choice": "up"}, None, None), 422),
-            (("POST", "/api/answer", alice, {"query_id": other, "choice": "left", "note": 3}, None, None), 422),
-            (("POST", "/api/answer", alice, {"query_id": 10**6, "choice": "left"}, None, None), 404),
-            (("POST", "/api/answer", alice, {"query_id": 10**30, "choice": "left"}, None, None), 404),
+            (
+                (
+                    "POST",
+                    "/api/answer",
+                    alice,
+                    {"query_id": other, "choice": "left", "note": 3},
+                    None,
+                    None,
+                ),
+                422,
+            ),
+            (
+                ("POST", "/api/answer", alice, {"query_id": 10**6, "choice": "left"}, None, None),
+                404,
+            ),
+            (
+                ("POST", "/api/answer", alice, {"query_id": 10**30, "choice": "left"}, None, None),
+                404,
+            ),
             # bob's query, and a second answer to alice's (idempotent: refused, unchanged)
-            (("POST", "/api/answer", alice, {"query_id": other, "choice": "left"}, None, None), 403),
-            (("POST", "/api/answer", alice, {"query_id": query["query_id"], "choice": "right"}, None, None), 409),
-            (("POST", "/api/answer", alice, {"query_id": query["query_id"], "choice": "left"}, None, None), 409),
+            (
+                ("POST", "/api/answer", alice, {"query_id": other, "choice": "left"}, None, None),
+                403,
+            ),
+            (
+                (
+                    "POST",
+                    "/api/answer",
+                    alice,
+                    {"query_id": query["query_id"], "choice": "right"},
+                    None,
+                    None,
+                ),
+                409,
+            ),
+            (
+                (
+                    "POST",
+                    "/api/answer",
+                    alice,
+                    {"query_id": query["query_id"], "choice": "left"},
+                    None,
+                    None,
+                ),
+                409,
+            ),
         ]
         for (method, path, token, body, raw, headers), expected in bad:
             status, out = call(port, method, path, token, body, raw, headers)
@@ -83,7 +134,9 @@ def test_bad_requests_get_4xx_and_change_nothing(tmp_path, pairs):
             assert status == 200
             assert "<b>bob</b>" not in text and "&lt;b&gt;bob&lt;/b&gt;" in text
         note = "<script>alert(1)</script>"
-        status, _ = call(port, "POST", "/api/answer", bob, {"query_id": other, "choice": "equal", "note": note})
+        status, _ = call(
+            port, "POST", "/api/answer", bob, {"query_id": other, "choice": "equal", "note": note}
+        )
         assert status == 201
         assert store.export_rows()[-1]["note"] == note  # kept as written, never rendered
     # Expired queries refuse answers.
@@ -96,7 +149,9 @@ def test_bad_requests_get_4xx_and_change_nothing(tmp_path, pairs):
         assert query is not None
         time.sleep(0.4)
         before = snapshot(store)
-        status, out = call(port, "POST", "/api/answer", carol, {"query_id": query["query_id"], "choice": "left"})
+        status, out = call(
+            port, "POST", "/api/answer", carol, {"query_id": query["query_id"], "choice": "left"}
+        )
         assert status == 410 and "expired" in out["error"]
         assert snapshot(store) == before
         assert call(port, "GET", "/api/next", carol)[1]["query"] is None
@@ -110,7 +165,9 @@ def test_undo_claims_agreement_and_export(tmp_path, pairs):
     choices = {"ann": ["left", "right", "cant_tell"], "ben": ["left", "equal", "right"]}
     with live_server(store, tmp_path / "clips") as port:
         first = call(port, "GET", "/api/next", ann)[1]["query"]["query_id"]
-        assert call(port, "POST", "/api/answer", ann, {"query_id": first, "choice": "right"})[0] == 201
+        assert (
+            call(port, "POST", "/api/answer", ann, {"query_id": first, "choice": "right"})[0] == 201
+        )
         status, out = call(port, "POST", "/api/undo", ann, {})
         assert status == 200 and out == {"query_id": first, "choice": "right"}
         # The undone pair is shown again, to the same labeller.
@@ -118,7 +175,13 @@ def test_undo_claims_agreement_and_export(tmp_path, pairs):
         for name, token in (("ann", ann), ("ben", ben)):
             for choice in choices[name]:
                 query = call(port, "GET", "/api/next", token)[1]["query"]
-                out = call(port, "POST", "/api/answer", token, {"query_id": query["query_id"], "choice": choice})
+                out = call(
+                    port,
+                    "POST",
+                    "/api/answer",
+                    token,
+                    {"query_id": query["query_id"], "choice": choice},
+                )
                 assert out[0] == 201, out
             assert call(port, "GET", "/api/next", token)[1]["query"] is None
         ids, labels = g.poll()

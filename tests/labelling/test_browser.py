@@ -19,7 +19,9 @@ pytestmark = pytest.mark.skipif(
     reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
 )
 # Where the page's screenshot is kept (git-ignored).
-ARTEFACTS = Path(os.environ.get("TDIMITATION_TEST_ARTEFACTS", Path(__file__).parents[2] / "test-artefacts"))
+ARTEFACTS = Path(
+    os.environ.get("TDIMITATION_TEST_ARTEFACTS", Path(__file__).parents[2] / "test-artefacts")
+)
 
 
 def browser():
@@ -27,7 +29,12 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,700"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1000,700",
+    ):
         options.add_argument(flag)
     # The installed driver: nothing is downloaded at run time.
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
@@ -66,7 +73,9 @@ def test_browser_labels_by_click_and_keyboard(tmp_path):
 
             def next_shown():
                 # Wait for a query the page has not shown yet (its id is on the body).
-                wait.until(lambda d: body.get_attribute("data-query-id") not in (None, "", *shown[-1:]))
+                wait.until(
+                    lambda d: body.get_attribute("data-query-id") not in (None, "", *shown[-1:])
+                )
                 shown.append(body.get_attribute("data-query-id"))
 
             def message(text):

@@ -7,36 +7,11 @@ from __future__ import annotations
 import threading
 
 import torch
-from tensordict import TensorDict
 
 from tdimitation.algorithms import PreferenceComparisons
-from tdimitation.evaluation import evaluate_policy
-from tdimitation.objectives.preference import TRUE_REWARD
 from tdimitation.rng import make_rng, randperm
 from tests.helpers import quiet_trainer
-from tests.labelling.helpers import CARTPOLE_FIXED, call, gatherer, live_server
-
-
-def person(port: int, token: str, store, stop: threading.Event, answered: list) -> None:
-    """Answer every pair shown, by the true returns of its fragments, until told to stop."""
-    fragments: dict[str, TensorDict] = {}
-    rows = {}
-    while not stop.is_set():
-        query = call(port, "GET", "/api/next", token)[1]["query"]
-        if query is None:
-            stop.wait(0.05)
-            continue
-        if query["query_id"] not in rows:
-            rows = {r["id"]: r for r in store.query_rows()}
-        row = rows[query["query_id"]]
-        if row["fragments"] not in fragments:
-            fragments[row["fragments"]] = TensorDict.load_memmap(row["fragments"])
-        pair = fragments[row["fragments"]][row["fragment_index"]]
-        left, right = pair.get(TRUE_REWARD).sum(dim=(1, 2)).tolist()
-        choice = "left" if left > right else "right" if right > left else "equal"
-        status, _ = call(port, "POST", "/api/answer", token, {"query_id": query["query_id"], "choice": choice})
-        assert status == 201
-        answered.append(row["pair_id"])
+from tests.labelling.helpers import CARTPOLE_FIXED, gatherer, live_server, person
 
 
 def permutation_p_value(trained: torch.Tensor, untrained: torch.Tensor, n: int = 10_000) -> float:
@@ -58,15 +33,26 @@ def episode_returns(module, episodes: int = 16) -> torch.Tensor:
         from tdimitation.data.rollout import rollout
         from tdimitation.data.trajectory import episode_returns as returns
 
-        return returns(rollout(module.export_policy(), env, min_episodes=episodes, deterministic=True, seed=123))
+        return returns(
+            rollout(
+                module.export_policy(), env, min_episodes=episodes, deterministic=True, seed=123
+            )
+        )
     finally:
         env.close()
 
 
 def test_people_label_while_the_agent_learns(tmp_path):
     options = dict(
-        agent_kwargs=dict(n_steps=128, n_epochs=10, batch_size=256, learning_rate=1e-3, gamma=0.98,
-                          gae_lambda=0.8, hidden_sizes=[64, 64]),
+        agent_kwargs=dict(
+            n_steps=128,
+            n_epochs=10,
+            batch_size=256,
+            learning_rate=1e-3,
+            gamma=0.98,
+            gae_lambda=0.8,
+            hidden_sizes=[64, 64],
+        ),
         num_envs=4,
         fixed_horizon=100,
         total_frames=512 * 40,

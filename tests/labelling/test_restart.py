@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_server(database: str, clips: Path, port: int) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
     argv = [sys.executable, "-m", "tdimitation.cli", "label", "--database", database, "serve"]
     argv += ["--clip-dir", str(clips), "--port", str(port)]
     log = clips.parent / f"server-{time.monotonic_ns()}.log"
@@ -57,9 +59,20 @@ def test_server_and_training_restarts_lose_nothing(tmp_path):
         answered = []
         for choice in ("left", "right"):
             query = call(port, "GET", "/api/next", token)[1]["query"]
-            assert call(port, "POST", "/api/answer", token, {"query_id": query["query_id"], "choice": choice})[0] == 201
+            assert (
+                call(
+                    port,
+                    "POST",
+                    "/api/answer",
+                    token,
+                    {"query_id": query["query_id"], "choice": choice},
+                )[0]
+                == 201
+            )
             answered.append(query["query_id"])
-        shown = call(port, "GET", "/api/next", token)[1]["query"]["query_id"]  # on screen, unanswered
+        shown = call(port, "GET", "/api/next", token)[1]["query"][
+            "query_id"
+        ]  # on screen, unanswered
         server.send_signal(signal.SIGKILL)  # mid-session
         server.wait(30)
         server = start_server(database, tmp_path / "clips", port)
@@ -67,11 +80,19 @@ def test_server_and_training_restarts_lose_nothing(tmp_path):
         status, out = call(port, "GET", "/api/next", token)
         assert status == 200 and out["query"]["query_id"] == shown
         assert out["progress"] == {"answered": 2, "open": 3}
-        assert call(port, "POST", "/api/answer", token, {"query_id": answered[0], "choice": "equal"})[0] == 409
+        assert (
+            call(port, "POST", "/api/answer", token, {"query_id": answered[0], "choice": "equal"})[
+                0
+            ]
+            == 409
+        )
         ids, labels = g.poll()
         assert ids.tolist() == [0, 1] and labels.tolist() == [1.0, 0.0]
         checkpoint = g.state_dict()
-        assert call(port, "POST", "/api/answer", token, {"query_id": shown, "choice": "equal"})[0] == 201
+        assert (
+            call(port, "POST", "/api/answer", token, {"query_id": shown, "choice": "equal"})[0]
+            == 201
+        )
         assert g.poll()[0].tolist() == [2]  # taken, then the training process dies
         # Restarted from the checkpoint: the answer taken after it comes again, once.
         restarted = gatherer(tmp_path, session="run")
@@ -82,7 +103,10 @@ def test_server_and_training_restarts_lose_nothing(tmp_path):
         assert ids.tolist() == [2] and labels.tolist() == [0.5]
         assert restarted.poll()[0].numel() == 0
         assert len(restarted.store.export_rows("run")) == 3
-        assert call(port, "GET", "/api/status", token)[1]["queries"] == {"answered": 3, "pending": 2}
+        assert call(port, "GET", "/api/status", token)[1]["queries"] == {
+            "answered": 3,
+            "pending": 2,
+        }
     finally:
         server.kill()
         server.wait(30)
