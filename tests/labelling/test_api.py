@@ -140,14 +140,14 @@ def test_bad_requests_get_4xx_and_change_nothing(tmp_path, pairs):
         assert status == 201
         assert store.export_rows()[-1]["note"] == note  # kept as written, never rendered
     # Expired queries refuse answers.
-    late = gatherer(tmp_path / "late", timeout=0.3)
-    late.submit(pairs[4:6], torch.arange(2))
+    late = gatherer(tmp_path / "late", timeout=2.0)
     store = late.store
+    carol = store.add_labeller("carol")
     with live_server(store, tmp_path / "late" / "clips") as port:
-        carol = store.add_labeller("carol")
+        late.submit(pairs[4:6], torch.arange(2))
         query = call(port, "GET", "/api/next", carol)[1]["query"]
         assert query is not None
-        time.sleep(0.4)
+        time.sleep(2.1)
         before = snapshot(store)
         status, out = call(
             port, "POST", "/api/answer", carol, {"query_id": query["query_id"], "choice": "left"}
