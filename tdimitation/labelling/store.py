@@ -17,6 +17,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -115,6 +116,14 @@ class LabelStore:
 
     def __init__(self, url: str) -> None:
         try:
+            parsed = sa.engine.make_url(url)
+            if parsed.get_backend_name() == "sqlite" and parsed.database not in (
+                None,
+                "",
+                ":memory:",
+            ):
+                # A SQLite file's directory is made for it (as the data directory is).
+                Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             if url.startswith("sqlite"):
                 self.engine = sa.create_engine(
                     url, connect_args={"check_same_thread": False, "timeout": 60}

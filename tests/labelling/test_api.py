@@ -229,3 +229,25 @@ def test_poll_waits_for_min_answers_and_expires(tmp_path, pairs):
     short.submit(pairs[3:5], torch.tensor([7, 8]))
     ids, labels = short.poll()  # returns once nothing is open
     assert sorted(ids.tolist()) == [7, 8] and bool(labels.isnan().all())
+
+
+def test_label_command_and_bad_settings(tmp_path, capsys):
+    from tdimitation.cli import main
+    from tdimitation.errors import LabellingError
+    from tdimitation.labelling import HumanGatherer
+
+    url = f"sqlite:///{tmp_path / 'db' / 'labels.db'}"
+    assert main(["label", "--database", url, "add-labeller", "ann"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert LabelStore(url).labeller(token).name == "ann"
+    assert main(["label", "--database", url, "add-labeller", "ann"]) == 2
+    assert "exists already" in capsys.readouterr().err
+    assert main(["label", "--database", "nonsense://x", "status"]) == 2
+    assert "cannot open the labelling database" in capsys.readouterr().err
+    assert main(["label", "--database", url, "export", str(tmp_path / "none")]) == 2
+    assert "--session" in capsys.readouterr().err
+    assert main(["label", "--database", url, "export", str(tmp_path / "a.csv")]) == 0
+    assert (tmp_path / "a.csv").read_text().startswith("answer_id,")
+    for bad in (dict(session="../x"), dict(agreement_frac=1.5), dict(timeout=0)):
+        with pytest.raises(LabellingError):
+            HumanGatherer(**bad)

@@ -554,9 +554,10 @@ class PreferenceComparisons(OnlineAlgorithm):
             raise PreferenceError("the gatherer answered ids that were never submitted")
         # A NaN label withdraws a pair (it expired, or the labeller could not tell): it
         # leaves the pending pairs without entering the dataset.
-        kept = ~torch.isnan(labels)
-        position = match.float().argmax(1)[kept]
-        labels = labels[kept]
+        position = match.float().argmax(1)
+        if labels.shape == ids.shape:  # other shapes reach the dataset's checks as they are
+            kept = ~torch.isnan(labels)
+            position, labels = position[kept], labels[kept]
         # The dataset keeps what the reward model reads and the true reward (for the
         # accuracy against it), not the fragments' other keys: with images, storing next
         # observations a state-only reward never reads would double the memory.
