@@ -40,7 +40,8 @@ class PreferenceGatherer:
 
     def poll(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(ids, labels)`` answered since the last call (both ``[K]``, K may be 0; a NaN
-        label withdraws its pair)."""
+        label withdraws its pair).
+        """
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
