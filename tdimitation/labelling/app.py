@@ -163,8 +163,10 @@ def make_app(store: LabelStore, clip_dir: str | os.PathLike) -> Starlette:
 
     async def status_page(request: Request, labeller: Labeller) -> Response:
         status = await run_in_threadpool(store.status)
+        mine = status["agreement_by_labeller"]
         rows = "".join(
-            f"<tr><td>{html.escape(name)}</td><td>{n}</td></tr>"
+            f"<tr><td>{html.escape(name)}</td><td>{n}</td><td>"
+            f"{'n/a' if name not in mine else format(mine[name], '.1%')}</td></tr>"
             for name, n in status["labellers"].items()
         )
         queries = ", ".join(f"{html.escape(k)}: {v}" for k, v in sorted(status["queries"].items()))
@@ -175,8 +177,8 @@ def make_app(store: LabelStore, clip_dir: str | os.PathLike) -> Starlette:
             "<link rel='stylesheet' href='/static/style.css'></head><body><h1>Labelling "
             f"status</h1><p>Queries: {queries or 'none'}</p><p>Agreement on "
             f"{status['double_answered']} pairs answered twice: {shown}</p><table><tr><th>"
-            f"Labeller</th><th>Answers</th></tr>{rows}</table><p><a href='/'>Back to "
-            "labelling</a></p></body></html>"
+            f"Labeller</th><th>Answers</th><th>Agreement</th></tr>{rows}</table>"
+            "<p><a href='/'>Back to labelling</a></p></body></html>"
         )
         return HTMLResponse(page, headers=SECURITY_HEADERS)
 

@@ -407,21 +407,29 @@ class LabelStore:
                 .order_by(labellers.c.name)
             ).all()
             rows = conn.execute(
-                sa.select(answers.c.query_id, answers.c.choice).where(answers.c.label.is_not(None))
+                sa.select(answers.c.query_id, answers.c.choice, labellers.c.name)
+                .join(labellers, labellers.c.id == answers.c.labeller_id)
+                .where(answers.c.label.is_not(None))
             ).all()
             totals = conn.execute(
                 sa.select(queries.c.status, sa.func.count()).group_by(queries.c.status)
             ).all()
-        by_query: dict[int, list[str]] = {}
+        by_query: dict[int, list[tuple[str, str]]] = {}
         for row in rows:
-            by_query.setdefault(row.query_id, []).append(row.choice)
-        doubles = [c for c in by_query.values() if len(c) >= 2]
-        agreed = sum(c[0] == c[1] for c in doubles)
+            by_query.setdefault(row.query_id, []).append((row.name, row.choice))
+        doubles = [c[:2] for c in by_query.values() if len(c) >= 2]
+        agreed = sum(a[1] == b[1] for a, b in doubles)
+        # Each labeller's agreement with the other labeller of their doubled pairs.
+        shared: dict[str, list[bool]] = {}
+        for a, b in doubles:
+            for name in (a[0], b[0]):
+                shared.setdefault(name, []).append(a[1] == b[1])
         return {
             "labellers": {name: int(n) for name, n in counts},
             "queries": {status: int(n) for status, n in totals},
             "double_answered": len(doubles),
             "agreement": agreed / len(doubles) if doubles else None,
+            "agreement_by_labeller": {n: sum(v) / len(v) for n, v in sorted(shared.items())},
         }
 
     def query_rows(self, session: str | None = None) -> list[dict[str, Any]]:

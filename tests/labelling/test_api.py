@@ -195,6 +195,7 @@ def test_undo_claims_agreement_and_export(tmp_path, pairs):
         assert out["labellers"] == {"ann": 3, "ben": 3}
         # Agreement over pairs both labellers answered with a preference or a tie: 1 of 2.
         assert out["double_answered"] == 2 and out["agreement"] == 0.5
+        assert out["agreement_by_labeller"] == {"ann": 0.5, "ben": 0.5}
         assert "50.0%" in call(port, "GET", "/status", ann)[1]
     assert g.poll()[0].numel() == 0  # nothing is delivered twice
     assert export_csv(store, tmp_path / "answers.csv", "run1") == 6
