@@ -107,6 +107,20 @@ class HumanGatherer(PreferenceGatherer):
         self._store: LabelStore | None = None
         self._renderer: ClipRenderer | None = None
 
+    @staticmethod
+    def loggable_options(options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` with any password in the database URL masked (for logging)."""
+        database = options.get("database")
+        if not database:
+            return dict(options)
+        import sqlalchemy as sa
+
+        try:
+            shown = sa.engine.make_url(database).render_as_string(hide_password=True)
+        except sa.exc.ArgumentError:
+            shown = "<unparsable database URL>"
+        return {**options, "database": shown}
+
     @property
     def store(self) -> LabelStore:
         """The store, opened on first use (building a recipe's module touches no files)."""

@@ -252,3 +252,8 @@ def test_label_command_and_bad_settings(tmp_path, capsys):
     for bad in (dict(session="../x"), dict(agreement_frac=1.5), dict(timeout=0)):
         with pytest.raises(LabellingError):
             HumanGatherer(**bad)
+    # A database password never reaches the logged hyperparameters.
+    shown = HumanGatherer.loggable_options({"database": "postgresql://ann:secret@db/labels"})
+    assert "secret" not in shown["database"] and "ann@db/labels" in shown["database"].replace(
+        ":***", ""
+    )

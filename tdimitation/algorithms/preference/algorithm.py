@@ -259,6 +259,8 @@ class PreferenceComparisons(OnlineAlgorithm):
 
             options = {"env_id": env_id, "seed": _gatherer_seed(seed), **human_gatherer}
             self.gatherer = HumanGatherer(**options)
+            # Hyperparameters are logged: a database password stays out of them.
+            self.hparams["human_gatherer"] = self.gatherer.loggable_options(human_gatherer)
         trainer_cls = EnsembleRewardTrainer if ensemble_size else BasicRewardTrainer
         self.reward_trainer = trainer_cls(
             self.reward_loss,
