@@ -110,3 +110,52 @@ def test_server_and_training_restarts_lose_nothing(tmp_path):
     finally:
         server.kill()
         server.wait(30)
+
+
+def test_checkpoint_keeps_pending_pairs_and_taken_answers(tmp_path):
+    from tdimitation.algorithms import PreferenceComparisons
+    from tests.labelling.helpers import CARTPOLE_FIXED
+
+    def module():
+        m = PreferenceComparisons(
+            CARTPOLE_FIXED,
+            agent=None,
+            trajectories=cartpole_random(),
+            num_iterations=1,
+            total_comparisons=8,
+            initial_comparison_frac=0.5,
+            fragment_length=10,
+            reward_epochs=1,
+            initial_epoch_multiplier=1,
+            fragment_warning_threshold=0.0,
+            human_gatherer={
+                "database": f"sqlite:///{tmp_path / 'labels.db'}",
+                "clip_dir": str(tmp_path / "clips"),
+                "session": "ckpt",
+                "min_answers": 0,
+            },
+        )
+        m.set_trajectories(m._trajectory_source)
+        return m
+
+    first = module()
+    first.preference_query(first.trajectories)  # 4 pairs published
+    store = first.gatherer.store
+    token = store.add_labeller("fay")
+    labeller = store.labeller(token)
+    for choice in ("left", "right"):
+        store.answer(labeller.id, store.next_query(labeller.id)["query_id"], choice)
+    first._receive_answers()
+    checkpoint: dict = {}
+    first.on_save_checkpoint(checkpoint)
+    store.answer(labeller.id, store.next_query(labeller.id)["query_id"], "equal")
+    first._receive_answers()  # taken, then the process dies before the next checkpoint
+    assert len(first.dataset) == 3
+    resumed = module()
+    resumed.on_load_checkpoint(checkpoint)
+    assert len(resumed.dataset) == 2 and resumed._pending_ids.tolist() == [2, 3]
+    resumed._receive_answers()
+    assert resumed.dataset.labels().tolist() == [1.0, 0.0, 0.5]
+    assert resumed._pending_ids.tolist() == [3] and resumed.gatherer.open_ids == {3}
+    resumed._receive_answers()
+    assert len(resumed.dataset) == 3
