@@ -11,8 +11,9 @@ Subcommands:
 * ``eval``: evaluate a policy (scripted, saved, checkpoint or Stable-Baselines3 zip), print
   its statistics as one JSON line, optionally record a video and log to MLflow (a new run,
   or ``--run RUN_ID``: attached to a training run);
-* ``runs``: list and compare the training runs of the MLflow store (:mod:`tdimitation.runs`).
-
+* ``runs``: list and compare the training runs of the MLflow store (:mod:`tdimitation.runs`);
+* ``label``: human preferences: serve the labelling page, add labellers, show status,
+  export answers (see docs/human-preferences.md);
 * ``fit --config RECIPE``: train an algorithm from a YAML recipe (LightningCLI; see
   :mod:`tdimitation.fit`).
 
@@ -392,6 +393,20 @@ def _package_version() -> str:
 command("runs", "list and compare training runs of the MLflow store", _runs.add_arguments)(
     _runs.main
 )
+
+
+# ------------------------------------------------------------------------ label
+def _label_args(p: argparse.ArgumentParser) -> None:
+    from tdimitation.labelling.command import add_arguments
+
+    add_arguments(p)
+
+
+@command("label", "human preferences: serve the labelling page, add labellers, export", _label_args)
+def run_label(args: argparse.Namespace) -> int:
+    from tdimitation.labelling.command import run
+
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -110,3 +110,10 @@ class FitConfigError(TdimitationError, ValueError):
 
 __all__ += ["BudgetError", "FitConfigError"]
 __all__ += ["TrackingError"]
+
+
+class LabellingError(TdimitationError, ValueError):
+    """The labelling store or server got bad input: database URL, session, labeller, query."""
+
+
+__all__ += ["LabellingError"]

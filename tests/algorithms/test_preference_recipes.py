@@ -64,7 +64,9 @@ COMMON = [SEC + "num_iterations=1", SEC + "reward_epochs=1", SEC + "initial_epoc
 
 
 def test_every_preference_recipe_has_a_tiny_run():
-    assert set(TINY) == {p.stem for p in RECIPES.glob("*.yaml")}
+    # pendulum_human needs a labeller: tests/labelling/test_recipe.py runs it with a
+    # scripted one.
+    assert set(TINY) == {p.stem for p in RECIPES.glob("*.yaml")} - {"pendulum_human"}
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

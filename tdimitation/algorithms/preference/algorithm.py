@@ -120,6 +120,9 @@ class PreferenceComparisons(OnlineAlgorithm):
         normalize_reward: standardise the agent's learned reward by running statistics.
         dataset_memmap_dir: keep the preference dataset in memory-mapped files here.
         allow_variable_horizon: accept episodes of different lengths.
+        human_gatherer: labels from people instead: the arguments of
+            :class:`tdimitation.labelling.HumanGatherer` (``env_id`` and ``seed`` default to
+            this run's); needs the ``label`` extra (see docs/human-preferences.md).
     """
 
     progress_bar_keys = ("reward/accuracy", "preferences/dataset_size", "episode/learned_return")
@@ -166,6 +169,7 @@ class PreferenceComparisons(OnlineAlgorithm):
         normalize_reward: bool = True,
         dataset_memmap_dir: str | None = None,
         allow_variable_horizon: bool = False,
+        human_gatherer: dict[str, Any] | None = None,
     ) -> None:
         env_id = as_env_id(env_id)
         fixed = agent is None
@@ -250,6 +254,14 @@ class PreferenceComparisons(OnlineAlgorithm):
             seed=_gatherer_seed(seed) if sample_labels else None,
             threshold=label_threshold,
         )
+        if human_gatherer is not None:
+            # Imported here: the labelling store needs the [label] extra.
+            from tdimitation.labelling.gatherer import HumanGatherer
+
+            options = {"env_id": env_id, "seed": _gatherer_seed(seed), **human_gatherer}
+            self.gatherer = HumanGatherer(**options)
+            # Hyperparameters are logged: a database password stays out of them.
+            self.hparams["human_gatherer"] = self.gatherer.loggable_options(human_gatherer)
         trainer_cls = EnsembleRewardTrainer if ensemble_size else BasicRewardTrainer
         self.reward_trainer = trainer_cls(
             self.reward_loss,
@@ -553,14 +565,20 @@ class PreferenceComparisons(OnlineAlgorithm):
         match = self._pending_ids.unsqueeze(0) == ids.unsqueeze(1)  # [answers, pending]
         if not bool(match.any(1).all()):
             raise PreferenceError("the gatherer answered ids that were never submitted")
+        # A NaN label withdraws a pair (it expired, or the labeller could not tell): it
+        # leaves the pending pairs without entering the dataset.
         position = match.float().argmax(1)
+        if labels.shape == ids.shape:  # other shapes reach the dataset's checks as they are
+            kept = ~torch.isnan(labels)
+            position, labels = position[kept], labels[kept]
         # The dataset keeps what the reward model reads and the true reward (for the
         # accuracy against it), not the fragments' other keys: with images, storing next
         # observations a state-only reward never reads would double the memory.
         present = set(self._pending.keys(True))
         keys = [k for k in (*self.reward_net.in_keys, TRUE_REWARD) if k in present]
-        self.dataset.push(self._pending[position].select(*keys), labels)
-        self.comparisons += int(ids.numel())
+        if labels.numel():
+            self.dataset.push(self._pending[position].select(*keys), labels)
+        self.comparisons += int(labels.numel())
         keep = ~match.any(0)
         self._pending = self._pending[keep] if bool(keep.any()) else None
         self._pending_ids = self._pending_ids[keep]

@@ -7,7 +7,9 @@ on whatever has been answered, so a labeller that takes minutes (a human behind 
 page) plugs in without changes; the synthetic gatherer simply answers at once.
 
 Labels are float32 in [0, 1]: the probability that the first fragment is preferred (1:
-the first, 0: the second, 0.5: a tie).
+the first, 0: the second, 0.5: a tie). A NaN label withdraws a pair (it expired, or the
+labeller could not tell): the algorithm drops it from the pending pairs without training
+on it. ``tdimitation.labelling.HumanGatherer`` asks people through a web page.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ class PreferenceGatherer:
         raise NotImplementedError
 
     def poll(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(ids, labels)`` answered since the last call (both ``[K]``, K may be 0)."""
+        """``(ids, labels)`` answered since the last call (both ``[K]``, K may be 0; a NaN
+        label withdraws its pair).
+        """
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
