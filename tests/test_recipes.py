@@ -7,7 +7,14 @@ import pytest
 
 from tdimitation.fit import _make_cli
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
+MUJOCO_TASKS = ("ant", "halfcheetah", "hopper", "swimmer", "walker2d")
+# The MuJoCo benchmark's DAgger recipes load the benchmark's trained expert when built:
+# tests/test_mujoco_recipes.py builds and runs them with a stand-in expert.
+RECIPES = sorted(
+    path
+    for path in (Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml")
+    if not (path.parent.name == "dagger" and path.stem.removesuffix("_fixed") in MUJOCO_TASKS)
+)
 
 
 def test_recipes_exist():

@@ -1,0 +1,357 @@
+"""The MuJoCo benchmark: expert, demonstrations, then BC, DAgger, GAIL and AIRL over seeds.
+
+For each task (Ant, HalfCheetah, Hopper, Swimmer, Walker2d with a fixed horizon, as seals
+defines them) the pipeline is, each step a whole ``tdimitation`` process as a user runs it:
+
+1. **expert**: ``tdimitation fit --config recipes/ppo/<task>_fixed.yaml``; its return is
+   the mean of 50 deterministic episodes (the fit's final evaluation);
+2. **demonstrations**: ``tdimitation rollout`` of the expert, 60 deterministic episodes,
+   saved as a dataset under ``<data dir>/demonstrations/<task>``, and a random policy's
+   return over 50 episodes (the zero of the normalised score); both returns are written
+   to ``scores.json`` beside the dataset;
+3. **cells**: ``tdimitation fit --config recipes/<algorithm>/<task>_fixed.yaml`` per seed,
+   on those demonstrations (DAgger queries the expert's checkpoint), one MLflow run each.
+
+Every finished step appends one JSON line to ``--results`` (default
+``benchmarks/results/mujoco.jsonl``, committed), and a step already there is never run
+again, so the table can be produced across several sittings. A step stopped half-way
+resumes from its newest checkpoint. ``--hours H`` starts no step after H hours.
+
+The table gives, per algorithm and task, the ratio of imitation return to expert return
+(mean over seeds and the interquartile mean with a stratified-bootstrap 95 % CI when
+rliable is installed), beside ``imitation``'s published ratios; the wall time per cell
+(expert training excluded) and, for GAIL and AIRL, the frames until the mean return of
+the training episodes first reaches 0.9 of the expert's.
+
+Examples::
+
+    python benchmarks/mujoco.py --tasks hopper halfcheetah --stages expert demos
+    python benchmarks/mujoco.py --algorithms bc gail --seeds 0 1 2 --hours 3
+    python benchmarks/mujoco.py --table --write     # regenerate the RESULTS.md section
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_recipes import final_metrics, load_results, write_table  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = {
+    "ant": "tdimitation/AntFixed-v5",
+    "halfcheetah": "tdimitation/HalfCheetahFixed-v5",
+    "hopper": "tdimitation/HopperFixed-v5",
+    "swimmer": "tdimitation/SwimmerFixed-v5",
+    "walker2d": "tdimitation/Walker2dFixed-v5",
+}
+ALGORITHMS = ("bc", "dagger", "gail", "airl")
+#: imitation's published ratios of imitation return to expert return (its paper's table).
+PUBLISHED = {
+    "bc": {"ant": 0.81, "halfcheetah": 0.99, "hopper": 0.85, "swimmer": 0.95, "walker2d": 0.94},
+    "gail": {"ant": 0.88, "halfcheetah": 0.87, "hopper": 1.02, "swimmer": 0.99, "walker2d": 0.99},
+    "airl": {
+        "ant": -0.05,
+        "halfcheetah": 0.99,
+        "hopper": 1.02,
+        "swimmer": 0.93,
+        "walker2d": 0.27,
+    },
+}
+EXPERT_EPISODES, DEMO_EPISODES, RANDOM_EPISODES = 50, 60, 50
+EXPERIMENT = "mujoco-benchmark"
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tdimitation.cli", *args]
+
+
+def _run(command: list[str], what: str) -> tuple[subprocess.CompletedProcess, float]:
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).splitlines()[-15:])
+        raise RuntimeError(f"{what} failed:\n{tail}")
+    return done, time.perf_counter() - started
+
+
+def _fit(recipe: str, run_name: str, data_dir: Path, extra: list[str]) -> tuple[dict, float]:
+    """One fit as a whole process, resumed from its own checkpoint if one was left."""
+    checkpoint = data_dir / "runs" / EXPERIMENT / run_name / "last.ckpt"
+    resume = ["--ckpt-path", str(checkpoint)] if checkpoint.exists() else []
+    command = _cli(
+        "fit",
+        "--config",
+        str(ROOT / "recipes" / f"{recipe}.yaml"),
+        "--run.data_dir",
+        str(data_dir),
+        "--run.experiment",
+        EXPERIMENT,
+        "--run.name",
+        run_name,
+        "--run.video",
+        "false",
+        *extra,
+        *resume,
+    )
+    _, wall = _run(command, f"{recipe} ({run_name})")
+    return final_metrics(data_dir, EXPERIMENT, run_name), wall
+
+
+def expert_checkpoint(data_dir: Path, task: str) -> Path:
+    return data_dir / "runs" / EXPERIMENT / f"{task}-expert" / "last.ckpt"
+
+
+def demonstrations_dir(data_dir: Path, task: str) -> Path:
+    return data_dir / "demonstrations" / task
+
+
+def run_expert(task: str, data_dir: Path) -> dict:
+    extra = ["--run.eval_episodes", str(EXPERT_EPISODES)]
+    metrics, wall = _fit(f"ppo/{task}_fixed", f"{task}-expert", data_dir, extra)
+    return {
+        "return_mean": metrics["eval/return_mean"],
+        "return_std": metrics["eval/return_std"],
+        "episodes": int(metrics["eval/n_traj"]),
+        "frames": int(metrics["frames"]),
+        "fit_seconds": metrics["time/fit_seconds"],
+        "process_seconds": wall,
+    }
+
+
+def run_demonstrations(task: str, data_dir: Path, expert: dict) -> dict:
+    env_id, out = TASKS[task], demonstrations_dir(data_dir, task)
+    policy = f"tdimitation:{expert_checkpoint(data_dir, task)}"
+    rollout = _cli("rollout", "--env", env_id, "--policy", policy, "--deterministic")
+    rollout += ["--episodes", str(DEMO_EPISODES), "--seed", "1000", "--out", str(out), "--json"]
+    done, _ = _run(rollout, f"{task} demonstrations")
+    demos = json.loads(done.stdout.strip().splitlines()[-1])
+    random_eval = _cli("eval", "--env", env_id, "--policy", "random", "--seed", "2000")
+    done, _ = _run(random_eval + ["--episodes", str(RANDOM_EPISODES)], f"{task} random policy")
+    random_stats = json.loads(done.stdout.strip().splitlines()[-1])
+    scores = {
+        "env_id": env_id,
+        "expert_return_mean": expert["return_mean"],
+        "expert_return_std": expert["return_std"],
+        "expert_episodes": expert["episodes"],
+        "random_return_mean": random_stats["return_mean"],
+        "random_return_std": random_stats["return_std"],
+        "random_episodes": int(random_stats["n_traj"]),
+    }
+    tmp = out / "scores.json.tmp"
+    tmp.write_text(json.dumps(scores, indent=2) + "\n")
+    os.replace(tmp, out / "scores.json")
+    return scores | {
+        "demo_episodes": int(demos["n_traj"]),
+        "demo_return_mean": demos["return_mean"],
+    }
+
+
+def frames_to_reach(data_dir: Path, run_name: str, target: float) -> int | None:
+    """Frames when the mean return of the training episodes first reached ``target``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{data_dir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    run = client.search_runs(
+        [experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name}'"
+    )[0]
+    frames = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "frames")}
+    returns = client.get_metric_history(run.info.run_id, "episode/return")
+    for metric in sorted(returns, key=lambda m: m.step):
+        if metric.value >= target and metric.step in frames:
+            return int(frames[metric.step])
+    return None
+
+
+def run_cell(algorithm: str, task: str, seed: int, data_dir: Path, expert: dict) -> dict:
+    run_name = f"{algorithm}-{task}-seed{seed}"
+    extra = ["--model.init_args.seed", str(seed)]
+    if algorithm == "dagger":
+        extra += ["--model.init_args.expert", f"tdimitation:{expert_checkpoint(data_dir, task)}"]
+    else:
+        extra += ["--data.init_args.path", str(demonstrations_dir(data_dir, task))]
+    metrics, wall = _fit(f"{algorithm}/{task}_fixed", run_name, data_dir, extra)
+    row = {
+        "return_mean": metrics["eval/return_mean"],
+        "return_std": metrics["eval/return_std"],
+        "episodes": int(metrics["eval/n_traj"]),
+        "ratio": metrics["eval/return_mean"] / expert["return_mean"],
+        "frames": int(metrics.get("frames", 0)),
+        "fit_seconds": metrics["time/fit_seconds"],
+        "process_seconds": wall,
+    }
+    if algorithm in ("gail", "airl"):
+        row["frames_to_0.9_expert"] = frames_to_reach(
+            data_dir, run_name, 0.9 * expert["return_mean"]
+        )
+    return row
+
+
+def _key(row: dict) -> tuple:
+    return row["stage"], row["task"], row.get("algorithm"), row.get("seed")
+
+
+def _append(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def run_all(args: argparse.Namespace) -> None:
+    rows = load_results(args.results)
+    done = {_key(r): r for r in rows}
+    plan: list[tuple] = []
+    for task in args.tasks:
+        if "expert" in args.stages:
+            plan.append(("expert", task, None, None))
+        if "demos" in args.stages:
+            plan.append(("demos", task, None, None))
+        if "cells" in args.stages:
+            plan += [("cell", task, a, s) for a in args.algorithms for s in args.seeds]
+    todo = [p for p in plan if p not in done]
+    print(f"{len(todo)} steps to do ({len(plan) - len(todo)} already done)", flush=True)
+    started = time.perf_counter()
+    for i, (stage, task, algorithm, seed) in enumerate(todo):
+        if time.perf_counter() - started > args.hours * 3600:
+            print(f"--hours {args.hours} reached: {len(todo) - i} steps left for later")
+            break
+        expert = done.get(("expert", task, None, None))
+        if stage != "expert" and expert is None:
+            print(f"skip {stage} {task}: no expert yet (run --stages expert)")
+            continue
+        if stage == "cell" and ("demos", task, None, None) not in done:
+            print(f"skip {algorithm} {task}: no demonstrations yet (run --stages demos)")
+            continue
+        if stage == "expert":
+            result = run_expert(task, args.data_dir)
+        elif stage == "demos":
+            result = run_demonstrations(task, args.data_dir, expert)
+        else:
+            result = run_cell(algorithm, task, seed, args.data_dir, expert)
+        row = {"stage": stage, "task": task, "algorithm": algorithm, "seed": seed}
+        row |= result | {"date": time.strftime("%Y-%m-%d")}
+        _append(args.results, row)
+        done[_key(row)] = row
+        elapsed = time.perf_counter() - started
+        eta = elapsed / (i + 1) * (len(todo) - i - 1)
+        what = " ".join(str(x) for x in (stage, task, algorithm, seed) if x is not None)
+        figure = f"ratio {row['ratio']:.2f}" if "ratio" in row else ""
+        if "return_mean" in row:
+            figure = f"return {row['return_mean']:.1f} {figure}"
+        print(f"[{i + 1}/{len(todo)}] {what}: {figure}; ETA {eta / 60:.0f} min", flush=True)
+
+
+def _interval(ratios: list[float], seed: int = 0) -> str:
+    """IQM and its stratified-bootstrap 95 % CI over seeds (rliable), if installed."""
+    try:
+        import numpy as np
+        from rliable import library, metrics
+    except ImportError:
+        return ""
+    if len(ratios) < 2:
+        return ""
+    np.random.seed(seed)  # rliable's bootstrap draws from numpy's global generator
+    scores = {"x": np.asarray(ratios, dtype=float).reshape(-1, 1)}
+    point, ci = library.get_interval_estimates(
+        scores, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=2000
+    )
+    return f"{point['x'][0]:.2f} [{ci['x'][0][0]:.2f}, {ci['x'][1][0]:.2f}]"
+
+
+def table(rows: list[dict]) -> str:
+    experts = {r["task"]: r for r in rows if r["stage"] == "expert"}
+    demos = {r["task"]: r for r in rows if r["stage"] == "demos"}
+    tasks = [t for t in TASKS if t in experts]
+    lines = ["| task | expert return (50 ep.) | random return | frames | expert fit s |"]
+    lines.append("|---|---|---|---|---|")
+    for t in tasks:
+        e, d = experts[t], demos.get(t, {})
+        random_return = f"{d['random_return_mean']:.1f}" if d else ""
+        lines.append(
+            f"| {t} | {e['return_mean']:.1f} ± {e['return_std']:.1f} | {random_return} | "
+            f"{e['frames']:,} | {e['fit_seconds']:.0f} |"
+        )
+    lines += [
+        "",
+        "| algorithm | task | seeds | ratio mean (per seed) | IQM [95 % CI] | "
+        "imitation | cell wall s (mean) | frames to 0.9 expert |",
+        "|---|" * 8,
+    ]
+    lines[-1] = "|---|---|---|---|---|---|---|---|"
+    for algorithm in ALGORITHMS:
+        for t in tasks:
+            cells = sorted(
+                (
+                    r
+                    for r in rows
+                    if r["stage"] == "cell" and r["algorithm"] == algorithm and r["task"] == t
+                ),
+                key=lambda r: r["seed"],
+            )
+            if not cells:
+                continue
+            ratios = [c["ratio"] for c in cells]
+            reach = [c.get("frames_to_0.9_expert") for c in cells]
+            reach_text = (
+                " / ".join("never" if f is None else f"{f:,}" for f in reach)
+                if algorithm in ("gail", "airl")
+                else ""
+            )
+            published = PUBLISHED.get(algorithm, {}).get(t)
+            lines.append(
+                f"| {algorithm} | {t} | {len(cells)} | {statistics.mean(ratios):.2f} "
+                f"({' / '.join(f'{x:.2f}' for x in ratios)}) | {_interval(ratios)} | "
+                f"{'' if published is None else f'{published:.2f}'} | "
+                f"{statistics.mean(c['process_seconds'] for c in cells):.0f} | {reach_text} |"
+            )
+    dates = sorted({r["date"] for r in rows})
+    return (
+        "\n".join(lines) + f"\n\nRuns of {', '.join(dates)}; generated by `benchmarks/mujoco.py`.\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--algorithms", nargs="*", default=list(ALGORITHMS), choices=ALGORITHMS)
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--stages",
+        nargs="*",
+        default=["expert", "demos", "cells"],
+        choices=["expert", "demos", "cells"],
+    )
+    parser.add_argument("--hours", type=float, default=float("inf"), help="start no step after")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=ROOT / "tdimitation_data" / "mujoco",
+        help="experts, demonstrations, checkpoints and the MLflow store",
+    )
+    parser.add_argument(
+        "--results", type=Path, default=ROOT / "benchmarks" / "results" / "mujoco.jsonl"
+    )
+    parser.add_argument("--table", action="store_true", help="print the table only")
+    parser.add_argument("--write", action="store_true", help="regenerate the RESULTS.md section")
+    args = parser.parse_args()
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.data_dir = args.data_dir.resolve()
+    if not args.table:
+        run_all(args)
+    text = table(load_results(args.results))
+    print(text)
+    if args.write:
+        write_table("mujoco", text)
+
+
+if __name__ == "__main__":
+    main()
