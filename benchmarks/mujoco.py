@@ -131,7 +131,9 @@ def run_expert(task: str, data_dir: Path) -> dict:
 def run_demonstrations(task: str, data_dir: Path, expert: dict) -> dict:
     env_id, out = TASKS[task], demonstrations_dir(data_dir, task)
     policy = f"tdimitation:{expert_checkpoint(data_dir, task)}"
+    # 10 sub-envs finish 60 episodes in whole batches: exactly 60.
     rollout = _cli("rollout", "--env", env_id, "--policy", policy, "--deterministic")
+    rollout += ["--num-envs", "10"]
     rollout += ["--episodes", str(DEMO_EPISODES), "--seed", "1000", "--out", str(out), "--json"]
     done, _ = _run(rollout, f"{task} demonstrations")
     demos = json.loads(done.stdout.strip().splitlines()[-1])
