@@ -273,13 +273,14 @@ def table(rows: list[dict]) -> str:
     experts = {r["task"]: r for r in rows if r["stage"] == "expert"}
     demos = {r["task"]: r for r in rows if r["stage"] == "demos"}
     tasks = [t for t in TASKS if t in experts]
-    lines = ["| task | expert return (50 ep.) | random return | frames | expert fit s |"]
-    lines.append("|---|---|---|---|---|")
+    lines = ["| task | expert return | episodes | random return | expert frames | expert fit s |"]
+    lines.append("|---|---|---|---|---|---|")
     for t in tasks:
         e, d = experts[t], demos.get(t, {})
         random_return = f"{d['random_return_mean']:.1f}" if d else ""
         lines.append(
-            f"| {t} | {e['return_mean']:.1f} ± {e['return_std']:.1f} | {random_return} | "
+            f"| {t} | {e['return_mean']:.1f} ± {e['return_std']:.1f} | {e['episodes']} | "
+            f"{random_return} | "
             f"{e['frames']:,} | {e['fit_seconds']:.0f} |"
         )
     lines += [
