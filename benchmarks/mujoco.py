@@ -86,6 +86,9 @@ def _run(command: list[str], what: str) -> tuple[subprocess.CompletedProcess, fl
 
 def _fit(recipe: str, run_name: str, data_dir: Path, extra: list[str]) -> tuple[dict, float]:
     """One fit as a whole process, resumed from its own checkpoint if one was left."""
+    if finished_run(data_dir, run_name):  # done by an earlier sitting that then stopped
+        metrics = final_metrics(data_dir, EXPERIMENT, run_name)
+        return metrics, metrics["time/fit_seconds"]
     checkpoint = data_dir / "runs" / EXPERIMENT / run_name / "last.ckpt"
     resume = ["--ckpt-path", str(checkpoint)] if checkpoint.exists() else []
     command = _cli(
@@ -105,6 +108,23 @@ def _fit(recipe: str, run_name: str, data_dir: Path, extra: list[str]) -> tuple[
     )
     _, wall = _run(command, f"{recipe} ({run_name})")
     return final_metrics(data_dir, EXPERIMENT, run_name), wall
+
+
+def finished_run(data_dir: Path, run_name: str) -> bool:
+    """Whether the benchmark's MLflow store holds a finished run of this name."""
+    if not (data_dir / "mlflow.db").exists():
+        return False
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{data_dir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return False
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"attributes.run_name = '{run_name}' and attributes.status = 'FINISHED'",
+    )
+    return bool(runs)
 
 
 def expert_checkpoint(data_dir: Path, task: str) -> Path:
