@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 #: A user's env that warns, prints and logs on its 100th step (mid-training).
-NOISY_ENV = '''
+NOISY_ENV = """
 import logging
 import warnings
 
@@ -32,7 +32,7 @@ class NoisyCartPole(gym.Wrapper):
             print("noisy-env print")
             logging.getLogger("noisy_env").warning("noisy-env log")
         return super().step(action)
-'''
+"""
 
 
 def _env(*paths: Path) -> dict[str, str]:
