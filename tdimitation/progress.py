@@ -167,7 +167,7 @@ class BudgetProgressBar(TQDMProgressBar):
     key → label) as they were last logged. Other modules get Lightning's bar. Writes to
     stderr; while training, lines printed, warned or logged to the terminal appear above
     the bar. The algorithms use it by default (see
-    :func:`~tdimitation.callbacks.FitCallbacks`).
+    :class:`~tdimitation.callbacks.FitCallbacks`).
 
     Args:
         refresh_rate: redraw after every this many training batches (0: no bar).
@@ -200,7 +200,7 @@ class BudgetProgressBar(TQDMProgressBar):
             dynamic_ncols=True,
             file=sys.stderr,
             smoothing=0,
-            bar_format=super().BAR_FORMAT,
+            bar_format=TQDMProgressBar.BAR_FORMAT,
         )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -5,6 +5,7 @@ import sys
 
 import lightning as L
 import pytest
+import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from tdimitation.algorithms import BC, DemonstrationData
@@ -70,3 +71,35 @@ def test_streams_are_restored_when_the_fit_fails(demos, capsys):
 )
 def test_compact_number(value, text):
     assert compact_number(value) == text
+
+
+class _Plain(L.LightningModule):
+    """A module without a training budget."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        loss = self.layer(batch).pow(2).mean()
+        self.log("plain_loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.ones(6, 2), batch_size=2)
+
+
+def test_a_module_without_budget_gets_lightnings_counts_on_the_bar(capsys):
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[BudgetProgressBar()],
+    )
+    trainer.fit(_Plain())
+    err = capsys.readouterr().err
+    assert "3/3" in err and "plain_loss=" in err
