@@ -159,22 +159,30 @@ class FitCallbacks:
 
     :class:`~tdimitation.budget.BudgetGuard` (the algorithm's budget is the only one),
     :func:`keep_outputs_in_data_dir` (nothing written in the working directory),
-    :class:`CheckpointOrigin` (checkpoints name their algorithm and env) and
-    :class:`ThreadCount`. Set ``module.num_threads`` (or ``$TDIMITATION_NUM_THREADS``) to
-    override the thread count; ``module.num_threads = 0`` leaves torch's setting alone.
+    :class:`CheckpointOrigin` (checkpoints name their algorithm and env),
+    :class:`ThreadCount` and, in place of the Trainer's default progress bar,
+    :class:`~tdimitation.progress.BudgetProgressBar`. Set ``module.num_threads`` (or
+    ``$TDIMITATION_NUM_THREADS``) to override the thread count; ``module.num_threads = 0``
+    leaves torch's setting alone. A progress bar given to the Trainer is kept.
     """
 
     #: Torch threads during a fit: None for the default, 0 to leave torch's setting alone.
     num_threads: int | None = None
+    #: The progress bar's figures: logged metric key -> label (see tdimitation.progress).
+    progress_figures: dict[str, str] = {}
 
     def configure_callbacks(self) -> list[L.Callback]:
         from tdimitation.budget import BudgetGuard
+        from tdimitation.progress import default_progress_bar
         from tdimitation.utils import attached_trainer
 
+        callbacks: list[L.Callback] = [BudgetGuard(), CheckpointOrigin()]
         trainer = attached_trainer(self)
         if trainer is not None:
             keep_outputs_in_data_dir(trainer)
-        callbacks: list[L.Callback] = [BudgetGuard(), CheckpointOrigin()]
+            bar = default_progress_bar(trainer)
+            if bar is not None:
+                callbacks.append(bar)
         if self.num_threads != 0:
             callbacks.append(ThreadCount(self.num_threads))
         return callbacks

@@ -100,6 +100,11 @@ class AdversarialImitation(OnlineAlgorithm):
     """
 
     progress_bar_keys = ("episode/learned_return",)
+    progress_figures = {
+        "episode/learned_return": "learned return",
+        "episode/return": "true return",
+        "train/disc/accuracy": "disc acc",
+    }
 
     def __init__(
         self,

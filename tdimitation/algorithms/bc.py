@@ -241,6 +241,9 @@ class BC(FitCallbacks, L.LightningModule):
             optimizer wrapper, e.g. for callbacks that need per-step hooks.
     """
 
+    #: The progress bar's figures (the expert actions' mean probability: BC's accuracy).
+    progress_figures = {"bc/loss": "loss", "bc/prob_true_act": "p(expert)", "bc/epoch": "epoch"}
+
     def __init__(
         self,
         env_id: str,

@@ -234,6 +234,9 @@ class DAgger(BC):
             except ``n_epochs``/``n_batches`` (DAgger trains ``bc_epochs`` per round).
     """
 
+    #: The progress bar's figures (the round itself is the bar's count).
+    progress_figures = {"dagger/beta": "beta", "dagger/round_return": "return", "bc/loss": "loss"}
+
     def __init__(
         self,
         env_id: str,

@@ -67,6 +67,7 @@ class Density(OnlineAlgorithm):
     """
 
     progress_bar_keys = ("episode/learned_return",)
+    progress_figures = {"episode/learned_return": "learned return", "episode/return": "true return"}
 
     def __init__(
         self,

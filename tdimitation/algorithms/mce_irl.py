@@ -183,6 +183,9 @@ class MCEIRL(FitCallbacks, L.LightningModule):
             :func:`demonstration_occupancy`) or a discount outside ``(0, 1]``.
     """
 
+    #: The progress bar's figures: the occupancy gap to the demonstrations, the gradient.
+    progress_figures = {"linf_delta": "occupancy gap", "grad_norm": "grad norm"}
+
     def __init__(
         self,
         env_id: Any,

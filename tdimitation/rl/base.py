@@ -156,6 +156,8 @@ class OnlineAlgorithm(FitCallbacks, L.LightningModule):
 
     #: Extra metrics of :meth:`log_round` shown in the progress bar (and logged unprefixed).
     progress_bar_keys: tuple[str, ...] = ()
+    #: The progress bar's figures (logged metric key -> label; see tdimitation.progress).
+    progress_figures = {"episode/return": "return"}
 
     def __init__(
         self,

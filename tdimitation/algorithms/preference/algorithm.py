@@ -126,6 +126,12 @@ class PreferenceComparisons(OnlineAlgorithm):
     """
 
     progress_bar_keys = ("reward/accuracy", "preferences/dataset_size", "episode/learned_return")
+    progress_figures = {
+        "episode/learned_return": "learned return",
+        "episode/return": "true return",
+        "reward/accuracy": "pref acc",
+        "preferences/dataset_size": "prefs",
+    }
 
     def __init__(
         self,
