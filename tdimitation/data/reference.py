@@ -15,7 +15,8 @@ from typing import Any
 
 from tensordict import TensorDictBase
 
-from tdimitation.data.rollout import rollout, rollout_stats
+from tdimitation.data.rollout import rollout
+from tdimitation.data.trajectory import rollout_stats
 
 #: Metadata keys of a trajectory dataset (and :func:`reference_returns`' keys).
 RANDOM_RETURN = "random_return"
