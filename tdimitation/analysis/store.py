@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tdimitation.errors import TrackingError
@@ -41,6 +41,8 @@ class RunScore:
         episodes: the episodes of that evaluation.
         random_return: a random policy's return on the task (None: not measured).
         expert_return: the expert's return (None: not measured).
+        experiment: the run's MLflow experiment.
+        started: when the run started (seconds since the epoch).
     """
 
     run_id: str
@@ -51,7 +53,8 @@ class RunScore:
     episodes: int
     random_return: float | None = None
     expert_return: float | None = None
-    experiment: str = field(default="")
+    experiment: str = ""
+    started: float = 0.0
 
     @property
     def normalised(self) -> float | None:
@@ -129,6 +132,7 @@ def find_scores(
                 random_return=_float_tag(run_tags, TAG_RANDOM_RETURN),
                 expert_return=_float_tag(run_tags, TAG_EXPERT_RETURN),
                 experiment=names.get(run.info.experiment_id, ""),
+                started=(run.info.start_time or 0) / 1000,
             )
         )
     if not scores:
