@@ -354,7 +354,7 @@ def main() -> None:
                 f"<!-- quality:{args.quality}:begin -->",
                 f"<!-- quality:{args.quality}:end -->",
                 text,
-                heading=f"## Recipe quality: {args.quality} (`benchmarks/run_recipes.py --quality`)",
+                heading=f"## Recipe quality: {args.quality} (`benchmarks/run_recipes.py`)",
             )
 
 
