@@ -160,6 +160,8 @@ def test_no_matching_runs_is_one_line(store, capsys):
     assert main(["analyze", "--data-dir", str(store), "--compare", "BC", "SQIL"]) == 2
     err = capsys.readouterr().err
     assert "'SQIL' names no group" in err and "BC, GAIL" in err
+    assert main(["analyze", "--data-dir", str(store), "--reps", "10"]) == 2
+    assert "--reps must be at least 100" in capsys.readouterr().err
 
 
 BC_RECIPE = """
