@@ -15,9 +15,8 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tdimitation.analysis import DEFAULT_REPS
 from tdimitation.errors import TrackingError
@@ -28,8 +27,7 @@ ANALYZE_EXPERIMENT = "analyze"
 TAG_ANALYSED_RUNS = "tdimitation.analysed_runs"
 
 
-@dataclass
-class Analysis:
+class Analysis(NamedTuple):
     """What :func:`analyze` computed and wrote.
 
     Attributes:
@@ -47,8 +45,8 @@ class Analysis:
     improvements: list[dict[str, Any]]
     notes: list[str]
     markdown: str
-    files: list[Path] = field(default_factory=list)
-    mlflow_run_id: str | None = None
+    files: list[Path]
+    mlflow_run_id: str | None
 
 
 def analyze(
