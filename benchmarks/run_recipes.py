@@ -5,20 +5,37 @@ Each run is the command a user types, as a whole process::
     tdimitation fit --config recipes/<recipe>.yaml --model.init_args.seed S ...
 
 and its final evaluation (the deterministic evaluation ``fit`` runs after training) is
-read from what the run logged to its MLflow store. One JSON line per finished run is
-appended to ``--results`` (default ``benchmarks/results/recipes.jsonl``); runs already
-there are skipped, so an interrupted sweep resumes where it stopped and long sweeps can be
-split across sessions. ``--repeat-seed S`` runs seed S a second time, to check that two
+read from what the run logged to its MLflow store (``--data-dir``). One JSON line per
+finished run is appended to ``--results`` (default ``benchmarks/results/recipes.jsonl``);
+runs already there are skipped, so an interrupted sweep resumes where it stopped and long
+sweeps can be split across sessions. ``--repeat-seed S`` runs seed S a second time (in an
+experiment of its own, so the quality tables count each seed once), to check that two
 runs of one seed end at the same return.
 
-``--write`` regenerates the tables between ``<!-- recipes:NAME:begin -->`` and
-``<!-- recipes:NAME:end -->`` markers in ``benchmarks/RESULTS.md`` from the JSON lines
-alone, so no figure there is typed by hand.
+Runs go through an executor: an object whose ``map(function, jobs)`` yields each job's
+result as it finishes. :class:`SequentialExecutor` runs them one after another in this
+process; a parallel executor (Ray, through the sweep machinery) plugs in at
+:func:`run_jobs` without changing anything else.
+
+Two kinds of tables are regenerated in ``benchmarks/RESULTS.md``, between marker comments,
+so no figure there is typed by hand:
+
+* ``--table NAME --write``: one row per recipe and seed, from the JSON lines alone, between
+  ``<!-- recipes:NAME:begin -->`` and ``<!-- recipes:NAME:end -->``;
+* ``--quality NAME --write``: the ``tdimitation analyze`` table of the recipes' runs in the
+  store (runs, evaluation episodes, mean and IQM of the final return and of the
+  normalised score with stratified-bootstrap 95 % intervals), between
+  ``<!-- quality:NAME:begin -->`` and ``<!-- quality:NAME:end -->`` (appended as a new
+  section when absent). The analysis (markdown, CSV, JSON, learning curves) is also saved
+  under ``benchmarks/results/quality/NAME/`` and logged to the store's ``analyze``
+  experiment.
 
 Examples::
 
     python benchmarks/run_recipes.py --recipes gail/cartpole_fixed airl/cartpole_fixed \\
         --seeds 0 1 2 3 4 --repeat-seed 0 --table adversarial --write
+    python benchmarks/run_recipes.py --recipes bc/cartpole gail/cartpole_fixed \\
+        --seeds 0 1 2 3 4 --quality cartpole --write
     python benchmarks/run_recipes.py --table adversarial --write   # tables only
 """
 
@@ -32,11 +49,36 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
 DEFAULT_RESULTS = ROOT / "benchmarks" / "results" / "recipes.jsonl"
+QUALITY_DIR = ROOT / "benchmarks" / "results" / "quality"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One fit: a recipe (``bc/cartpole``), a seed, and whether it repeats that seed."""
+
+    recipe: str
+    seed: int
+    repeat: int = 0
+
+
+class SequentialExecutor:
+    """Runs the jobs one after another in this process, yielding results in order."""
+
+    def map(self, function: Callable[[Job], dict], jobs: Iterable[Job]) -> Iterator[dict]:
+        for job in jobs:
+            yield function(job)
+
+
+def experiment_of(recipe: str, repeat: int = 0) -> str:
+    """The MLflow experiment of a recipe's runs (repeated seeds: an experiment of their own)."""
+    return "recipes-" + recipe.replace("/", "-") + ("-repeat" if repeat else "")
 
 
 def run_key(recipe: str, seed: int, repeat: int) -> str:
@@ -81,7 +123,7 @@ def policy_digest(checkpoint: Path) -> str:
 
 
 def run_one(recipe: str, seed: int, repeat: int, data_dir: Path, extra: list[str]) -> dict:
-    experiment = "recipes-" + recipe.replace("/", "-")
+    experiment = experiment_of(recipe, repeat)
     run_name = f"{recipe.replace('/', '-')}-seed{seed}-r{repeat}"
     command = [
         sys.executable,
@@ -180,13 +222,88 @@ def table(results: list[dict], recipes: list[str], target: float | None) -> str:
 
 
 def write_table(name: str, text: str) -> None:
-    begin, end = f"<!-- recipes:{name}:begin -->", f"<!-- recipes:{name}:end -->"
+    write_section(f"<!-- recipes:{name}:begin -->", f"<!-- recipes:{name}:end -->", text)
+
+
+def run_jobs(
+    jobs: list[Job],
+    results: Path,
+    data_dir: Path,
+    extra: list[str],
+    executor=None,
+) -> None:
+    """Run the jobs through ``executor`` (default sequential), appending each result's line.
+
+    Prints progress (done of total, ETA) as results arrive, in whatever order the
+    executor finishes them.
+    """
+    executor = executor or SequentialExecutor()
+    started = time.perf_counter()
+
+    def one(job: Job) -> dict:
+        return run_one(job.recipe, job.seed, job.repeat, data_dir, extra)
+
+    for i, row in enumerate(executor.map(one, jobs)):
+        with open(results, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        elapsed = time.perf_counter() - started
+        eta = elapsed / (i + 1) * (len(jobs) - i - 1)
+        print(
+            f"[{i + 1}/{len(jobs)}] {row['recipe']} seed {row['seed']}"
+            f"{' (again)' if row['repeat'] else ''}: final return {row['return_mean']:.1f} "
+            f"± {row['return_std']:.1f}, {row['process_seconds']:.0f} s; ETA {eta / 60:.1f} min",
+            flush=True,
+        )
+
+
+def quality_table(
+    name: str, recipes: list[str], data_dir: Path, seed: int = 0, reps: int = 50_000
+) -> str:
+    """The ``tdimitation analyze`` table of the recipes' runs in the store, with a footer.
+
+    The analysis is saved under ``benchmarks/results/quality/NAME/`` and logged to the
+    store's ``analyze`` experiment.
+    """
+    from tdimitation.analysis import analyze
+    from tdimitation.runs import open_client
+
+    client = open_client(data_dir)
+    experiments = [
+        experiment_of(r) for r in recipes if client.get_experiment_by_name(experiment_of(r))
+    ]
+    if not experiments:
+        raise SystemExit(f"no runs of {', '.join(recipes)} in {data_dir}: run them first")
+    result = analyze(
+        client, experiments, group_by="recipe", seed=seed, reps=reps, out=QUALITY_DIR / name
+    )
+    dates = sorted({time.strftime("%Y-%m-%d", time.localtime(s.started)) for s in result.scores})
+    curves = sorted(p.name for p in result.files if p.suffix == ".png")
+    footer = (
+        f"\n{len(result.scores)} runs of {', '.join(dates)}; one score per run (its final "
+        "deterministic evaluation), aggregated across seeds; 95 % intervals from a stratified "
+        f"bootstrap ({reps:,} replicates, seed {seed}). Generated by "
+        "`benchmarks/run_recipes.py` from `tdimitation analyze`; the analysis and the "
+        f"learning curves ({', '.join(curves) or 'none'}) are in "
+        f"`benchmarks/results/quality/{name}/`.\n"
+    )
+    return result.markdown + footer
+
+
+def write_section(begin: str, end: str, text: str, heading: str | None = None) -> None:
+    """Replace the text between the markers in RESULTS.md (atomically).
+
+    Without the markers: append ``heading`` and a new marked section when a heading is
+    given, else refuse.
+    """
     content = RESULTS_MD.read_text()
-    if begin not in content or end not in content:
+    if begin in content and end in content:
+        head, rest = content.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        new = f"{head}{begin}\n{text}{end}{tail}"
+    elif heading is not None:
+        new = f"{content.rstrip()}\n\n{heading}\n\n{begin}\n{text}{end}\n"
+    else:
         raise SystemExit(f"RESULTS.md has no {begin} ... {end} section to regenerate")
-    head, rest = content.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    new = f"{head}{begin}\n{text}{end}{tail}"
     fd, tmp = tempfile.mkstemp(dir=RESULTS_MD.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(new)
@@ -205,6 +322,11 @@ def main() -> None:
         "--table-recipes", nargs="*", help="recipes in the table (default: --recipes)"
     )
     parser.add_argument("--target", type=float, default=None, help="return to count seeds against")
+    parser.add_argument(
+        "--quality",
+        help="name of the RESULTS.md quality section (tdimitation analyze) to regenerate",
+    )
+    parser.add_argument("--analysis-seed", type=int, default=0, help="seed of the bootstrap")
     parser.add_argument("--write", action="store_true", help="regenerate the RESULTS.md table")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="-- then extra fit arguments")
     args = parser.parse_args()
@@ -212,29 +334,28 @@ def main() -> None:
 
     args.results.parent.mkdir(parents=True, exist_ok=True)
     done = {run_key(r["recipe"], r["seed"], r["repeat"]) for r in load_results(args.results)}
-    todo = [(rc, s, 0) for rc in args.recipes for s in args.seeds]
-    todo += [(rc, s, 1) for rc in args.recipes for s in args.repeat_seed]
-    todo = [t for t in todo if run_key(*t) not in done]
+    todo = [Job(rc, s) for rc in args.recipes for s in args.seeds]
+    todo += [Job(rc, s, 1) for rc in args.recipes for s in args.repeat_seed]
+    todo = [j for j in todo if run_key(j.recipe, j.seed, j.repeat) not in done]
     print(f"{len(todo)} runs to do ({len(done)} already in {args.results})", flush=True)
-    started = time.perf_counter()
-    for i, (recipe, seed, repeat) in enumerate(todo):
-        row = run_one(recipe, seed, repeat, args.data_dir, extra)
-        with open(args.results, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        elapsed = time.perf_counter() - started
-        eta = elapsed / (i + 1) * (len(todo) - i - 1)
-        print(
-            f"[{i + 1}/{len(todo)}] {recipe} seed {seed}{' (again)' if repeat else ''}: "
-            f"final return {row['return_mean']:.1f} ± {row['return_std']:.1f}, "
-            f"{row['process_seconds']:.0f} s; ETA {eta / 60:.1f} min",
-            flush=True,
-        )
+    run_jobs(todo, args.results, args.data_dir, extra)
     if args.table:
         recipes = args.table_recipes or args.recipes
         text = table(load_results(args.results), recipes, args.target)
         print(text)
         if args.write:
             write_table(args.table, text)
+    if args.quality:
+        recipes = args.table_recipes or args.recipes
+        text = quality_table(args.quality, recipes, args.data_dir, args.analysis_seed)
+        print(text)
+        if args.write:
+            write_section(
+                f"<!-- quality:{args.quality}:begin -->",
+                f"<!-- quality:{args.quality}:end -->",
+                text,
+                heading=f"## Recipe quality: {args.quality} (`benchmarks/run_recipes.py`)",
+            )
 
 
 if __name__ == "__main__":

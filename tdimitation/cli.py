@@ -12,6 +12,8 @@ Subcommands:
   its statistics as one JSON line, optionally record a video and log to MLflow (a new run,
   or ``--run RUN_ID``: attached to a training run);
 * ``runs``: list and compare the training runs of the MLflow store (:mod:`tdimitation.runs`);
+* ``analyze``: statistics of finished runs per algorithm x environment (IQM, stratified
+  bootstrap intervals, normalised scores, learning curves; :mod:`tdimitation.analysis`);
 * ``label``: human preferences: serve the labelling page, add labellers, show status,
   export answers (see docs/human-preferences.md);
 * ``fit --config RECIPE``: train an algorithm from a YAML recipe (LightningCLI; see
@@ -407,6 +409,24 @@ def run_label(args: argparse.Namespace) -> int:
     from tdimitation.labelling.command import run
 
     return run(args)
+
+
+# ---------------------------------------------------------------------- analyze
+def _analyze_args(p: argparse.ArgumentParser) -> None:
+    from tdimitation.analysis.command import add_arguments
+
+    add_arguments(p)
+
+
+@command(
+    "analyze",
+    "statistics of finished runs per algorithm x env: IQM, bootstrap CIs, curves",
+    _analyze_args,
+)
+def run_analyze(args: argparse.Namespace) -> int:
+    from tdimitation.analysis.command import main as analyze_main
+
+    return analyze_main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -57,8 +57,10 @@ from tdimitation.runrecord import (
 )
 from tdimitation.runs import (
     TAG_ALGORITHM,
+    TAG_EXPERT_RETURN,
     TAG_LAST_STEP,
     TAG_NOTE,
+    TAG_RANDOM_RETURN,
     TAG_RESUMED_FROM,
     mark_stale_runs,
 )
@@ -421,10 +423,21 @@ def _fit_and_record(cli: _FitCLI, logger, checkpoints: PeriodicCheckpoint, last_
     logger.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
     logger.flush()  # the learning curve below reads them back from the store
     client.set_tag(run_id, TAG_LAST_STEP, str(step))
+    _record_reference_returns(client, run_id, cli.datamodule)
     client.log_text(run_id, config_yaml, "config.yaml")
     if checkpoints.path.exists():
         client.log_artifact(run_id, str(checkpoints.path), "checkpoints")
     _log_artifacts(model, client, run_id, checkpoints.dirpath, run_cfg)
+
+
+def _record_reference_returns(client, run_id: str, datamodule) -> None:
+    """Tag the run with the random and expert returns its demonstrations were stored with."""
+    from tdimitation.data.reference import EXPERT_RETURN, RANDOM_RETURN
+
+    references = getattr(datamodule, "reference_returns", None)
+    if references:
+        client.set_tag(run_id, TAG_RANDOM_RETURN, repr(references[RANDOM_RETURN]))
+        client.set_tag(run_id, TAG_EXPERT_RETURN, repr(references[EXPERT_RETURN]))
 
 
 def _log_artifacts(model, client, run_id: str, run_dir: Path, run_cfg) -> None:

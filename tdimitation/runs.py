@@ -36,6 +36,10 @@ TAG_HOST = "tdimitation.host"
 TAG_PID = "tdimitation.pid"
 TAG_PID_START = "tdimitation.pid_start"
 TAG_NOTE = "tdimitation.note"
+# The returns a normalised score runs between (random policy 0, expert 1), measured with the
+# demonstrations the run learnt from (see tdimitation.data.reference).
+TAG_RANDOM_RETURN = "tdimitation.random_return"
+TAG_EXPERT_RETURN = "tdimitation.expert_return"
 
 #: Columns of the table and of the CSV export, in order.
 COLUMNS = (
@@ -187,6 +191,23 @@ def search(
         tags: ``KEY=VALUE`` filters on run tags.
         limit: at most this many runs, newest first.
     """
+    found, names = search_runs(client, experiments, recipe, tags, limit)
+    return [_row(run, names) for run in found]
+
+
+def search_runs(
+    client,
+    experiments: Sequence[str] = (),
+    recipe: str | None = None,
+    tags: Sequence[str] = (),
+    limit: int = 50,
+) -> tuple[list, dict[str, str]]:
+    """The newest MLflow runs matching the filters of :func:`search`, and experiment names.
+
+    Returns:
+        The runs (``mlflow.entities.Run``, newest first) and a map from experiment id to
+        experiment name.
+    """
     if experiments:
         found = {name: client.get_experiment_by_name(name) for name in experiments}
         missing = [name for name, exp in found.items() if exp is None]
@@ -200,14 +221,14 @@ def search(
     else:
         names = {e.experiment_id: e.name for e in client.search_experiments(max_results=50_000)}
     if not names:
-        return []
+        return [], names
     runs = client.search_runs(
         list(names),
         filter_string=" and ".join(_filters(recipe, tags)),
         max_results=limit,
         order_by=["attributes.start_time DESC"],
     )
-    return [_row(run, names) for run in runs]
+    return list(runs), names
 
 
 def _quote(value: str) -> str:
@@ -323,5 +344,6 @@ __all__ = [
     "mark_stale_runs",
     "process_alive",
     "search",
+    "search_runs",
     "write_csv",
 ]

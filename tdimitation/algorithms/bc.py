@@ -75,6 +75,9 @@ class DemonstrationData(L.LightningDataModule):
         self.n_episodes, self.seed = int(n_episodes), seed
         self.cache_dir, self.env_kwargs, self.fixed_horizon = cache_dir, env_kwargs, fixed_horizon
         self.demonstrations: TensorDictBase | None = trajectories
+        #: The random policy's and the expert's returns stored with the dataset (None when
+        #: it has none): ``tdimitation fit`` records them for normalised scores.
+        self.reference_returns: dict[str, float] | None = None
 
     def _cache_path(self) -> Path:
         from tdimitation.tracking import data_dir
@@ -93,6 +96,7 @@ class DemonstrationData(L.LightningDataModule):
     def prepare_data(self) -> None:
         if self.expert is None or self._cache_path().exists():
             return
+        from tdimitation.data.reference import measure_reference_returns
         from tdimitation.data.rollout import rollout
         from tdimitation.data.storage import save_trajectories
         from tdimitation.policies.registry import policy_from_string
@@ -107,22 +111,26 @@ class DemonstrationData(L.LightningDataModule):
         try:
             expert = policy_from_string(self.expert, env=env)
             demos = rollout(expert, env, min_episodes=self.n_episodes, deterministic=True)
+            references = measure_reference_returns(demos, env, self.n_episodes, self.seed)
         finally:
             env.close()
         save_trajectories(
             self._cache_path(),
             demos,
             env_id=self.env_id,
-            metadata={"expert": self.expert, "seed": self.seed},
+            metadata={"expert": self.expert, "seed": self.seed, **references},
         )
 
     def setup(self, stage: str | None = None) -> None:
         if self.demonstrations is not None:
             return
-        from tdimitation.data.storage import load_trajectories
+        from tdimitation.data.reference import reference_returns
+        from tdimitation.data.storage import load_trajectories, trajectory_metadata
 
         source = self.path if self.path is not None else self._cache_path()
         self.demonstrations = load_trajectories(source)
+        meta = trajectory_metadata(source)
+        self.reference_returns = reference_returns(meta.get("metadata"))
 
     def train_dataloader(self) -> DataLoader:
         return self.trainer.lightning_module.make_train_loader(self.demonstrations)
