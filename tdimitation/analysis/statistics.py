@@ -14,10 +14,11 @@ the Statistical Precipice" (NeurIPS 2021), as published in their ``rliable`` lib
   tasks; its interval redraws the runs of X and of Y independently.
 
 Replicates are computed in vectorised blocks with a numpy ``Generator`` the caller seeds,
-so an analysis repeats exactly for a seed. ``rliable`` 1.2 itself is not called: its
-bootstrap goes through ``arch`` < 8, which does not import under pandas 3, and ``arch`` 8
-no longer takes the ``random_state`` argument ``rliable`` passes. The tests compare these
-functions with ``rliable.metrics`` and with a direct bootstrap loop.
+so an analysis repeats exactly for a seed. ``rliable``'s own bootstrap evaluates the
+statistic once per replicate in Python: at its default 50,000 replicates one interval of
+five runs took 23 s here against 0.03 s for these vectorised blocks, and a table has four
+intervals per row. The tests compare these functions with ``rliable.metrics``, with
+``rliable``'s bootstrap intervals and with a direct bootstrap loop.
 """
 
 from __future__ import annotations
