@@ -234,6 +234,9 @@ class DAgger(BC):
             except ``n_epochs``/``n_batches`` (DAgger trains ``bc_epochs`` per round).
     """
 
+    # Its rounds collect with one env and aggregate one buffer: one process only.
+    multi_process = False
+
     def __init__(
         self,
         env_id: str,
