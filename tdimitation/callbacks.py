@@ -166,8 +166,9 @@ class FitCallbacks:
     :func:`keep_outputs_in_data_dir` (nothing written in the working directory),
     :class:`CheckpointOrigin` (checkpoints name their algorithm and env),
     :class:`~tdimitation.distributed.StrategyCheck` (a strategy the algorithm cannot train
-    under is refused) and :class:`ThreadCount`. Set ``module.num_threads`` (or ``$TDIMITATION_NUM_THREADS``) to
-    override the thread count; ``module.num_threads = 0`` leaves torch's setting alone.
+    under is refused) and :class:`ThreadCount`. Set ``module.num_threads`` (or
+    ``$TDIMITATION_NUM_THREADS``) to override the thread count; ``module.num_threads = 0``
+    leaves torch's setting alone.
     """
 
     #: Torch threads during a fit: None for the default, 0 to leave torch's setting alone.

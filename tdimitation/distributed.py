@@ -96,7 +96,7 @@ def gather_rows(module: L.LightningModule, rows: torch.Tensor) -> torch.Tensor:
     _, world = rank_and_world(module)
     if world == 1:
         return rows
-    return module.all_gather(rows).flatten(0, 1)
+    return torch.cat(_all_gather(rows.contiguous(), world))
 
 
 def mean_over_processes(module: L.LightningModule, value: torch.Tensor) -> torch.Tensor:
@@ -104,4 +104,12 @@ def mean_over_processes(module: L.LightningModule, value: torch.Tensor) -> torch
     _, world = rank_and_world(module)
     if world == 1:
         return value
-    return module.all_gather(value).mean(0)
+    return torch.stack(_all_gather(value.contiguous(), world)).mean(0)
+
+
+def _all_gather(tensor: torch.Tensor, world: int) -> list[torch.Tensor]:
+    # torch's collective directly: LightningModule.all_gather goes through a torch function
+    # that warns of its deprecation on every call.
+    parts = [torch.empty_like(tensor) for _ in range(world)]
+    torch.distributed.all_gather(parts, tensor)
+    return parts
