@@ -175,3 +175,32 @@ def test_rank_seeds_keep_rank_zero_and_differ_per_rank():
     seeds = {rank_seed(7, r) for r in range(1, 5)} | {rank_seed(8, 1)}
     assert len(seeds) == 5 and 7 not in seeds
     assert rank_seed(7, 1) == rank_seed(7, 1)
+
+
+@pytest.mark.slow
+def test_fit_command_trains_bc_on_two_processes_and_records_one_run(tmp_path):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    recipe = RECIPES / "bc" / "cartpole.yaml"
+    done = subprocess.run(
+        [sys.executable, "-m", "tdimitation.cli", "fit", "--config", str(recipe)]
+        + ["--model.init_args.n_epochs", "1", "--run.data_dir", str(tmp_path)]
+        + ["--run.video", "false", "--run.eval_episodes", "2", *DDP_FLAGS],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dirs = list((tmp_path / "runs" / "bc").iterdir())
+    assert len(run_dirs) == 1  # the second process opened no run of its own
+    saved = torch.load(run_dirs[0] / "last.ckpt", weights_only=True)
+    assert saved["tdimitation"]["batches_done"] > 0
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bc")
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.status for r in runs] == ["FINISHED"]
+    assert "eval/return_mean" in runs[0].data.metrics
