@@ -120,6 +120,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--frames", type=int, default=65536)
     parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--from-json", help="print the table of a saved run and exit")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--devices", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--fast-update", type=int, default=1, help=argparse.SUPPRESS)
@@ -127,6 +128,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         worker(args.devices, bool(args.fast_update), args.frames, Path(args.out))
+        return
+    if args.from_json:
+        print_table(json.loads(Path(args.from_json).read_text()))
         return
     results: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     total = args.repeats * len(VARIANTS)
@@ -144,24 +148,45 @@ def main() -> None:
                 f"{record['frames'] / record['loop_s']:,.0f} frames/s",
                 flush=True,
             )
-    load = os.getloadavg()[0]
-    print(
-        f"\nPPO CartPole-v1, {args.frames:,} frames per fit, median of {args.repeats} "
-        f"interleaved repeats, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
-        f"1-min load at the end {load:.2f}\n"
-    )
-    print("| variant | frames/s (training loop) | / 1 process default | whole fit | update path |")
-    print("|---|---|---|---|---|")
-    base = None
-    for name, records in results.items():
-        fps = statistics.median(r["frames"] / r["loop_s"] for r in records)
-        fit = statistics.median(r["fit_s"] for r in records)
-        base = base or fps
-        path = records[0]["update_path"].split(":")[0]
-        print(f"| {name} | {fps:,.0f} | {fps / base:.2f} | {fit:.1f} s | {path} |")
+    record = {
+        "results": results,
+        "load": os.getloadavg()[0],
+        "frames": args.frames,
+        "date": time.strftime("%Y-%m-%d"),
+        "cores": os.cpu_count(),
+    }
+    print_table(record)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"results": results, "load": load, "frames": args.frames}, f, indent=1)
+            json.dump(record, f, indent=1)
+
+
+def print_table(record: dict) -> None:
+    """The markdown table of a run (``--from-json`` prints a saved run's again)."""
+    results = record["results"]
+    repeats = len(next(iter(results.values())))
+    print(
+        f"\nPPO CartPole-v1, {record['frames']:,} frames per fit, median of {repeats} "
+        f"interleaved repeats, {record['date']}, {record['cores']} cores, 1-min load at the "
+        f"end {record['load']:.2f}\n"
+    )
+    print(
+        "| variant | frames/s (training loop) | / 1 process, fused | / 1 process, autograd "
+        "| whole fit | update path |"
+    )
+    print("|---|---|---|---|---|---|")
+    fps = {
+        name: statistics.median(r["frames"] / r["loop_s"] for r in records)
+        for name, records in results.items()
+    }
+    fused, autograd = (fps[name] for name in list(VARIANTS)[:2])
+    for name, records in results.items():
+        fit = statistics.median(r["fit_s"] for r in records)
+        path = records[0]["update_path"].split(":")[0]
+        print(
+            f"| {name} | {fps[name]:,.0f} | {fps[name] / fused:.2f} | "
+            f"{fps[name] / autograd:.2f} | {fit:.1f} s | {path} |"
+        )
 
 
 if __name__ == "__main__":
