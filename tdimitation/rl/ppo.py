@@ -414,8 +414,8 @@ class PPO(OnlineAlgorithm):
         """Each sub-env's running discounted return (``normalize_rewards``).
 
         Kept in an attribute besides the ``_return_carry`` buffer (which checkpoints hold):
-        under ``ddp``, DDP overwrites buffers with the first process's before every
-        training step, and each process's carry belongs to its own envs.
+        under ``ddp``, DDP may overwrite buffers with the first process's before a forward
+        pass (``broadcast_buffers``), and each process's carry belongs to its own envs.
         """
         if self._carry is None:
             self._carry = self._return_carry.clone()
