@@ -1,6 +1,6 @@
 """Small BC and PPO fits for the multi-process tests, run as a script or imported.
 
-``python tests/ddp_runs.py {bc|ppo} DEVICES OUT_DIR [BATCH_SIZE]`` fits under Lightning's
+``python tests/ddp_runs.py {bc|ppo|ppo-statistics} DEVICES OUT_DIR [ARGS]`` fits under Lightning's
 ``ddp`` strategy on ``DEVICES`` CPU processes (gloo) and writes, per process,
 ``OUT_DIR/rank<r>.pt``: the module's state dict, its counters and the last round's data.
 Lightning's ``ddp`` launcher runs this file again for each extra process, which is why
@@ -67,6 +67,23 @@ def ppo_model(processes: int) -> PPO:
     )
 
 
+def ppo_with_statistics(total_frames: int) -> PPO:
+    """PPO with both normalisers and an early stop on the KL that triggers at once."""
+    return PPO(
+        "CartPole-v1",
+        num_envs=NUM_ENVS,
+        n_steps=N_STEPS,
+        total_frames=total_frames,
+        n_epochs=4,
+        batch_size=32,
+        hidden_sizes=(16, 16),
+        normalize_observations=True,
+        normalize_rewards=True,
+        target_kl=1e-6,
+        seed=5,
+    )
+
+
 def trainer(devices: int, callbacks=()) -> L.Trainer:
     multi = {"strategy": "ddp", "devices": devices} if devices > 1 else {"devices": 1}
     return L.Trainer(
@@ -89,11 +106,16 @@ def main(argv: list[str]) -> None:
         fit = trainer(devices, [PeriodicCheckpoint(out, every_n_rounds=1)])
         fit.fit(model, datamodule=data)
         extra = {"batches_done": model.batches_done}
-    else:
+    elif algorithm == "ppo":
         model = ppo_model(devices)
         fit = trainer(devices)
         fit.fit(model)
         extra = {"frames": model.frames, "batch": model.last_batch.to_dict()}
+    else:  # "ppo-statistics FRAMES [CHECKPOINT]": a fit, or the resumed rest of one
+        model = ppo_with_statistics(int(argv[3]))
+        fit = trainer(devices, [PeriodicCheckpoint(out, every_n_rounds=1)])
+        fit.fit(model, ckpt_path=argv[4] if len(argv) > 4 else None)
+        extra = {"frames": model.frames, "updates": model.optimizer_steps}
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     record = {"state": state, "update_path": model.update_path, **extra}
     torch.save(record, out / f"rank{fit.global_rank}.pt")

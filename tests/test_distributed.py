@@ -123,6 +123,27 @@ def test_ppo_on_two_processes_collects_on_both_and_averages_gradients(tmp_path):
     assert torch.allclose(state["actor.obs_norm.mean"], seen.mean(0))
 
 
+@pytest.mark.slow
+def test_ppo_statistics_and_early_stop_agree_across_processes_and_resume(tmp_path):
+    round_frames = 2 * ddp_runs.NUM_ENVS * ddp_runs.N_STEPS
+    first = _run_ddp("ppo-statistics", tmp_path, str(2 * round_frames))
+    checkpoint = tmp_path / "last.ckpt"
+    assert torch.load(checkpoint, weights_only=True)["tdimitation"]["frames"] == 2 * round_frames
+    resumed = _run_ddp("ppo-statistics", tmp_path, str(3 * round_frames), str(checkpoint))
+    for ranks, frames in ((first, 2 * round_frames), (resumed, 3 * round_frames)):
+        assert [r["frames"] for r in ranks] == [frames, frames]
+        # The KL stop was taken, together: fewer than 4 epochs of 4 minibatches a round.
+        updates = [r["updates"] for r in ranks]
+        assert updates[0] == updates[1] < 16 * frames // round_frames
+        # Normalisers fold in both processes' data: identical, and so are the parameters;
+        # each process keeps the running returns of its own envs.
+        _assert_same(ranks[0]["state"], ranks[1]["state"], atol=0, skip=("_return_carry",))
+        assert ranks[0]["state"]["return_norm.count"] == frames
+        assert ranks[0]["state"]["actor.obs_norm.count"] == frames
+        carries = [r["state"]["_return_carry"] for r in ranks]
+        assert not torch.equal(*carries)
+
+
 REFUSING = [
     "dagger/cartpole_fixed",
     "gail/cartpole_fixed",
