@@ -44,6 +44,11 @@ class PeriodicCheckpoint(L.Callback):
         for logger in trainer.loggers:
             if callable(getattr(logger, "flush", None)):
                 logger.flush()
+        if not trainer.is_global_zero:
+            # Every process takes part (the hooks run, the processes meet at a barrier);
+            # only the first writes, so the file is written once.
+            trainer.save_checkpoint(self.path, weights_only=False)
+            return
         with atomic_path(self.path) as tmp:
             trainer.save_checkpoint(tmp, weights_only=False)
 
@@ -160,8 +165,9 @@ class FitCallbacks:
     :class:`~tdimitation.budget.BudgetGuard` (the algorithm's budget is the only one),
     :func:`keep_outputs_in_data_dir` (nothing written in the working directory),
     :class:`CheckpointOrigin` (checkpoints name their algorithm and env),
-    :class:`ThreadCount` and, in place of the Trainer's default progress bar,
-    :class:`~tdimitation.progress.BudgetProgressBar`. Set ``module.num_threads`` (or
+    :class:`~tdimitation.distributed.StrategyCheck` (a strategy the algorithm cannot train
+    under is refused), :class:`ThreadCount` and, in place of the Trainer's default progress
+    bar, :class:`~tdimitation.progress.BudgetProgressBar`. Set ``module.num_threads`` (or
     ``$TDIMITATION_NUM_THREADS``) to override the thread count; ``module.num_threads = 0``
     leaves torch's setting alone. A progress bar given to the Trainer is kept.
     """
@@ -170,13 +176,16 @@ class FitCallbacks:
     num_threads: int | None = None
     #: The progress bar's figures: logged metric key -> label (see tdimitation.progress).
     progress_figures: dict[str, str] = {}
+    #: Whether the algorithm trains under the ``ddp`` strategy (:mod:`tdimitation.distributed`).
+    multi_process: bool = False
 
     def configure_callbacks(self) -> list[L.Callback]:
         from tdimitation.budget import BudgetGuard
+        from tdimitation.distributed import StrategyCheck
         from tdimitation.progress import default_progress_bar
         from tdimitation.utils import attached_trainer
 
-        callbacks: list[L.Callback] = [BudgetGuard(), CheckpointOrigin()]
+        callbacks: list[L.Callback] = [StrategyCheck(), BudgetGuard(), CheckpointOrigin()]
         trainer = attached_trainer(self)
         if trainer is not None:
             keep_outputs_in_data_dir(trainer)

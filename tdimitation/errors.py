@@ -117,3 +117,10 @@ class LabellingError(TdimitationError, ValueError):
 
 
 __all__ += ["LabellingError"]
+
+
+class StrategyError(TdimitationError, ValueError):
+    """A Trainer strategy the algorithm cannot train under (e.g. several processes)."""
+
+
+__all__ += ["StrategyError"]

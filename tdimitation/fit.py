@@ -35,6 +35,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from tdimitation.budget import check_budget_left, check_trainer_limits
 from tdimitation.callbacks import ORIGIN_KEY, PeriodicCheckpoint, module_origin
+from tdimitation.distributed import check_strategy
 from tdimitation.errors import CheckpointError, FitConfigError
 from tdimitation.evaluation import evaluate_module
 from tdimitation.fit_errors import (
@@ -178,6 +179,7 @@ def fit_main(argv: list[str] | None = None) -> int:
             latest_checkpoint(root, experiment, recipe_of(cli.config))
         )
     if hasattr(cli.model, "training_budget"):
+        check_strategy(cli.trainer, cli.model)
         check_trainer_limits(cli.trainer, cli.model, None if ckpt_path else 0)
     checked: set[str] = set()
     if ckpt_path:
@@ -287,6 +289,8 @@ def _run(cli: _FitCLI, checked: set[str]) -> int:
     if run_cfg.data_dir:
         # Caches made during the run (collected demonstrations, DAgger buffers) follow too.
         os.environ[DATA_DIR_ENV] = str(root)
+    if cli.trainer.global_rank != 0:
+        return _run_other_process(cli, root)
     recipe = recipe_of(config)
     if config.ckpt_path == LATEST:  # a caller of _run that skipped fit_main's checks
         config.ckpt_path = str(latest_checkpoint(root, experiment, recipe))
@@ -315,6 +319,21 @@ def _run(cli: _FitCLI, checked: set[str]) -> int:
     logger.finalize("success")
     print(f"checkpoint: {checkpoints.path}")
     print(f"browse the run: {browse_hint(uri)}")
+    return 0
+
+
+def _run_other_process(cli: _FitCLI, root: Path) -> int:
+    """A ``ddp`` process other than the first: it trains and records nothing.
+
+    Lightning's ``ddp`` launcher runs the same command once per extra process; the first
+    process alone keeps the MLflow run, the run directory and the final evaluation. This
+    one takes part in every checkpoint (the processes save together; the first writes).
+    """
+    config = cli.config
+    cli.trainer.callbacks.append(PeriodicCheckpoint(root, config.run.checkpoint_every))
+    cli.trainer.fit(
+        cli.model, datamodule=cli.datamodule, ckpt_path=config.ckpt_path, weights_only=True
+    )
     return 0
 
 

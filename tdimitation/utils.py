@@ -98,7 +98,8 @@ def nonplain_training_reason(trainer) -> str | None:
 
     strategy = trainer.strategy
     if type(strategy) is not SingleDeviceStrategy:
-        return f"strategy {type(strategy).__name__}"
+        # Under ddp, gradients are averaged inside backward passes, which fused updates skip.
+        return f"strategy {type(strategy).__name__} (gradients synchronised in backward passes)"
     if type(strategy.precision_plugin) is not Precision:
         return f"precision {trainer.precision}"
     return None

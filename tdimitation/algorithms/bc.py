@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from tdimitation.budget import TrainingBudget
 from tdimitation.callbacks import FitCallbacks
 from tdimitation.data.trajectory import check_matches_env, check_trajectories
+from tdimitation.distributed import rank_and_world
 from tdimitation.envs import as_env_id, make_env
 from tdimitation.errors import BudgetError, TrajectoryError
 from tdimitation.fused import FirstMinibatchCheck, FusedOptions, FusedUpdate, fused_update_for
@@ -145,7 +146,9 @@ class _IndexBlocks(IterableDataset):
 
     Each epoch is a fresh permutation (from a generator seeded by ``seed + epoch``, so a
     resumed run redraws the same order) cut into full batches; ``skip`` batches are dropped
-    from the front when resuming.
+    from the front when resuming. With ``world`` processes, each micro-batch of the run is
+    ``world * batch`` rows of that permutation (the batch one process of batch
+    ``world * batch`` would draw) and process ``rank`` gets its ``rank``-th slice.
     """
 
     def __init__(
@@ -157,19 +160,21 @@ class _IndexBlocks(IterableDataset):
         n_batches: int,
         seed: int,
         skip: int,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         self.n_rows, self.batch, self.accumulate, self.block = n_rows, batch, accumulate, block
         self.n_batches, self.seed, self.skip = n_batches, seed, skip
+        self.rank, self.world = rank, world
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        per_epoch = self.n_rows // (self.batch * self.accumulate)
+        rows_per_step = self.batch * self.accumulate * self.world
+        per_epoch = self.n_rows // rows_per_step
         done, epoch, pending = 0, 0, []
         while done < self.n_batches:
             g = torch.Generator().manual_seed(self.seed + epoch)
-            perm = torch.randperm(self.n_rows, generator=g)[
-                : per_epoch * self.batch * self.accumulate
-            ]
-            steps = perm.view(per_epoch, self.accumulate, self.batch)
+            perm = torch.randperm(self.n_rows, generator=g)[: per_epoch * rows_per_step]
+            steps = perm.view(per_epoch, self.accumulate, self.world, self.batch)[:, :, self.rank]
             for step in steps:
                 if done >= self.n_batches:
                     break
@@ -216,11 +221,19 @@ class BC(FitCallbacks, L.LightningModule):
     does not count their steps: :attr:`batches_done` does, logged as
     ``bc/optimizer_steps``. ``fast_updates=False`` routes every step through Lightning.
 
+    **Several processes.** Under Lightning's ``ddp`` strategy each of N processes trains
+    on ``batch_size`` rows of every step, its slice of the ``N * batch_size`` rows one
+    process would draw (the same seeded permutation), and DDP averages the gradients: the
+    updates are those of one process with batch ``N * batch_size`` (up to float rounding).
+    An epoch is then ``len(demonstrations) // (N * batch_size * grad_accumulation)``
+    steps. DDP's gradient averaging runs in the backward pass, so the autograd loop trains
+    (:attr:`update_path` says so).
+
     Args:
         env_id: environment (for the policy's spaces and evaluation).
         n_epochs: passes over the demonstrations.
         n_batches: optimizer steps (alternative to ``n_epochs``).
-        batch_size: rows per micro-batch.
+        batch_size: rows per micro-batch (per process under ``ddp``).
         grad_accumulation: micro-batches per optimizer step.
         steps_per_call: optimizer steps per ``training_step``.
         learning_rate: Adam learning rate.
@@ -251,6 +264,7 @@ class BC(FitCallbacks, L.LightningModule):
 
     #: The progress bar's figures (the expert actions' mean probability: BC's accuracy).
     progress_figures = {"bc/loss": "loss", "bc/prob_true_act": "p(expert)", "bc/epoch": "epoch"}
+    multi_process = True
 
     def __init__(
         self,
@@ -316,11 +330,14 @@ class BC(FitCallbacks, L.LightningModule):
         check_trajectories(demonstrations, "demonstrations")
         check_matches_env(demonstrations, self.env, "demonstrations")
         n_rows = demonstrations.shape[0]
-        rows_per_step = hp.batch_size * hp.grad_accumulation
+        rank, world = rank_and_world(self)
+        # Under ddp each process takes its share of every step's rows (see _IndexBlocks).
+        rows_per_step = hp.batch_size * hp.grad_accumulation * world
         if n_rows < rows_per_step:
+            processes = f" over {world} processes" if world > 1 else ""
             raise TrajectoryError(
                 f"the demonstrations hold {n_rows} transitions, fewer than one batch "
-                f"({rows_per_step}); collect more or lower batch_size"
+                f"({rows_per_step}{processes}); collect more or lower batch_size"
             )
         self._per_epoch = n_rows // rows_per_step
         total = hp.n_batches if hp.n_batches is not None else hp.n_epochs * self._per_epoch
@@ -339,6 +356,8 @@ class BC(FitCallbacks, L.LightningModule):
             total,
             hp.seed,
             skip=self.batches_done,
+            rank=rank,
+            world=world,
         )
         return DataLoader(blocks, batch_size=None, num_workers=0)
 

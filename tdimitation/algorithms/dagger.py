@@ -236,6 +236,8 @@ class DAgger(BC):
 
     #: The progress bar's figures (the round itself is the bar's count).
     progress_figures = {"dagger/beta": "beta", "dagger/round_return": "return", "bc/loss": "loss"}
+    # Its rounds collect with one env and aggregate one buffer: one process only.
+    multi_process = False
 
     def __init__(
         self,

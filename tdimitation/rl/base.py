@@ -37,6 +37,7 @@ from torchrl.data import LazyTensorStorage, ReplayBuffer, TensorDictReplayBuffer
 from tdimitation.budget import TrainingBudget, check_budget_left
 from tdimitation.callbacks import FitCallbacks
 from tdimitation.data.collector import VecCollector
+from tdimitation.distributed import rank_and_world, rank_seed
 from tdimitation.envs import GymVecEnv, make_env
 from tdimitation.errors import BudgetError
 from tdimitation.policies.registry import checkpoint_policy_entry
@@ -248,19 +249,30 @@ class OnlineAlgorithm(FitCallbacks, L.LightningModule):
             "frames",
             done,
             self.total_frames,
-            self.frames_per_batch,
+            self.frames_per_batch * rank_and_world(self)[1],
         )
 
     # ------------------------------------------------------------------- data
     def train_dataloader(self) -> DataLoader:
         check_budget_left(self)
-        rounds = (self.total_frames - self.frames) // self.frames_per_batch
+        rank, world = rank_and_world(self)
+        # Under ddp every process collects frames_per_batch frames a round; total_frames
+        # counts the frames of all of them.
+        rounds = (self.total_frames - self.frames) // (self.frames_per_batch * world)
         if self.seed is not None and self.frames == 0:
-            _seed_everything(self.seed)
-            self.seed_rngs(self.seed)
+            seed = rank_seed(self.seed, rank)
+            _seed_everything(seed)
+            self.seed_rngs(seed)
+            if rank:
+                self.env.set_seed(seed)
         elif self.seed is not None:
             # A resumed run continues with fresh episodes, not the first run's initial states.
-            self.env.set_seed(self.seed + self.frames)
+            self.env.set_seed(rank_seed(self.seed + self.frames, rank))
+            if rank:
+                # The checkpoint holds the first process's generators; the others draw
+                # streams of their own.
+                _seed_everything(rank_seed(self.seed + self.frames, rank))
+                self.seed_rngs(rank_seed(self.seed + self.frames, rank))
         attach_rng(self, self.rng)
         self.collector = VecCollector(
             self.env,
@@ -315,13 +327,18 @@ class OnlineAlgorithm(FitCallbacks, L.LightningModule):
 
     # ---------------------------------------------------------------- logging
     def log_round(self, batch: TensorDictBase, metrics: dict[str, float] | None = None) -> None:
-        """Count the round's frames; log frames, fps, time split, episode stats, ``metrics``."""
-        self.frames += batch.numel()
+        """Count the round's frames; log frames, fps, time split, episode stats, ``metrics``.
+
+        Under ``ddp`` every process collected a batch like ``batch``: frames and frames per
+        second count them all; episode statistics are this process's.
+        """
+        round_frames = batch.numel() * rank_and_world(self)[1]
+        self.frames += round_frames
         update_seconds = time.perf_counter() - (self._round_start or time.perf_counter())
         round_seconds = self._collect_seconds + update_seconds
         logged = {
             "frames": float(self.frames),
-            "fps": batch.numel() / max(round_seconds, 1e-9),
+            "fps": round_frames / max(round_seconds, 1e-9),
             "time/collect_s": self._collect_seconds,
             "time/update_s": update_seconds,
         }

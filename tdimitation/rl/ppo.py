@@ -9,6 +9,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 
+from tdimitation.distributed import gather_rows, mean_over_processes
 from tdimitation.envs import as_env_id
 from tdimitation.fused import FirstMinibatchCheck, FusedOptions, FusedUpdate, fused_update_for, gae
 from tdimitation.nn import ImageEncoder, RunningNorm, discounted_returns, scale_by_return_std
@@ -61,6 +62,16 @@ class PPO(OnlineAlgorithm):
     inside it (Lightning's ``on_before_optimizer_step``/backward hooks, when overridden,
     send the round through autograd instead; ``torch.optim`` step hooks are skipped) and
     ``trainer.global_step`` does not count its steps. ``optimizer_steps`` counts every step.
+
+    **Several processes.** Under Lightning's ``ddp`` strategy each process collects
+    ``num_envs * n_steps`` frames a round with envs and generators of its own (seeded from
+    ``seed`` and its rank; rank 0 draws what a one-process run draws), updates on its own
+    minibatches of ``batch_size``, and DDP averages the gradients of each step, so the
+    parameters stay identical. ``total_frames`` counts the frames of all processes (a round
+    is ``N * num_envs * n_steps`` frames), the observation and return statistics fold in
+    every process's data, and ``target_kl`` stops all processes on their mean KL. The
+    gradients are averaged in the backward pass, so the autograd update trains
+    (:attr:`update_path` says so). Logged episode statistics are the first process's.
 
     Logged per round: the loss terms and ``entropy``, ``kl_approx``, ``clip_fraction``
     (means over the last epoch's minibatches), ``explained_variance`` of the value targets by
@@ -212,6 +223,7 @@ class PPO(OnlineAlgorithm):
         # Statistics of the discounted return and each sub-env's running return, for
         # normalize_rewards (none otherwise, so default state dicts are unchanged).
         self.return_norm: RunningNorm | None = None
+        self._carry: torch.Tensor | None = None
         if normalize_rewards:
             self.return_norm = RunningNorm(())
             self.register_buffer("_return_carry", torch.zeros(num_envs), persistent=True)
@@ -220,6 +232,8 @@ class PPO(OnlineAlgorithm):
         self._fused_check = FirstMinibatchCheck()
         #: Which path the last :meth:`update` took: ``"fused"`` or ``"autograd: <reason>"``.
         self.update_path = ""
+
+    multi_process = True
 
     def collection_policy(self) -> TensorDictModuleBase:
         return self.actor
@@ -270,10 +284,12 @@ class PPO(OnlineAlgorithm):
             if fold_rewards:
                 done = batch["next", "done"][..., 0]
                 returns, carry = discounted_returns(
-                    reward[..., 0], done, self._return_carry, self.hparams.gamma
+                    reward[..., 0], done, self._live_return_carry(), self.hparams.gamma
                 )
+                self._carry = carry
                 self._return_carry.copy_(carry)
-                self.return_norm.update(returns)
+                # Every process folds in the returns of all: the statistics stay identical.
+                self.return_norm.update(gather_rows(self, returns.reshape(-1)))
             reward = scale_by_return_std(reward, self.return_norm)
         advantage, value_target = gae(
             self.hparams.gamma,
@@ -322,8 +338,9 @@ class PPO(OnlineAlgorithm):
             )
         obs_norm = getattr(self.actor, "obs_norm", None)
         if obs_norm is not None:
-            # After the update, so this round's stored log-probs matched the policy used.
-            obs_norm.update(round_td[self.loss_module.tensor_keys.observation])
+            # After the update, so this round's stored log-probs matched the policy used;
+            # under ddp with every process's observations, so the statistics stay identical.
+            obs_norm.update(gather_rows(self, round_td[self.loss_module.tensor_keys.observation]))
         # One reduction per key for the whole round (the last epoch's minibatches).
         metrics = {
             key: float(torch.stack([o[key].detach() for o in logged]).mean()) for key in logged[0]
@@ -388,7 +405,25 @@ class PPO(OnlineAlgorithm):
         target_kl = self.hparams.target_kl
         if target_kl is None:
             return False
-        return float(torch.stack([o["kl_approx"] for o in epoch_logged]).mean()) > 1.5 * target_kl
+        # Under ddp the processes decide together (one stopping alone would leave the
+        # others waiting for its gradients): on the mean over all of them.
+        kl = mean_over_processes(self, torch.stack([o["kl_approx"] for o in epoch_logged]).mean())
+        return float(kl) > 1.5 * target_kl
+
+    def _live_return_carry(self) -> torch.Tensor:
+        """Each sub-env's running discounted return (``normalize_rewards``).
+
+        Kept in an attribute besides the ``_return_carry`` buffer (which checkpoints hold):
+        under ``ddp``, DDP may overwrite buffers with the first process's before a forward
+        pass (``broadcast_buffers``), and each process's carry belongs to its own envs.
+        """
+        if self._carry is None:
+            self._carry = self._return_carry.clone()
+        return self._carry
+
+    def on_fit_start(self) -> None:
+        # Read the carry from the buffer again: a checkpoint may just have been loaded.
+        self._carry = None
 
     def _autograd_update(
         self,
