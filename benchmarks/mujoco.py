@@ -18,10 +18,10 @@ again, so the table can be produced across several sittings. A step stopped half
 resumes from its newest checkpoint. ``--hours H`` starts no step after H hours.
 
 The table gives, per algorithm and task, the ratio of imitation return to expert return
-(mean over seeds and the interquartile mean with a stratified-bootstrap 95 % CI when
-rliable is installed), beside ``imitation``'s published ratios; the wall time per cell
-(expert training excluded) and, for GAIL and AIRL, the frames until the mean return of
-the training episodes first reaches 0.9 of the expert's.
+(mean over seeds, and the interquartile mean with a stratified-bootstrap 95 % CI computed
+as ``tdimitation analyze`` computes them), beside ``imitation``'s published ratios; the
+wall time per cell (expert training excluded) and, for GAIL and AIRL, the frames until
+the mean return of the training episodes first reaches 0.9 of the expert's.
 
 Examples::
 
@@ -272,21 +272,18 @@ def run_all(args: argparse.Namespace) -> None:
         print(f"[{i + 1}/{len(todo)}] {what}: {figure}; ETA {eta / 60:.0f} min", flush=True)
 
 
-def _interval(ratios: list[float], seed: int = 0) -> str:
-    """IQM and its stratified-bootstrap 95 % CI over seeds (rliable), if installed."""
-    try:
-        import numpy as np
-        from rliable import library, metrics
-    except ImportError:
-        return ""
+def _interval(ratios: list[float], labels: tuple[str, ...]) -> str:
+    """IQM over seeds and its stratified-bootstrap 95 % CI, as ``tdimitation analyze``."""
+    import numpy as np
+
+    from tdimitation.analysis.statistics import interval_estimate, iqm
+    from tdimitation.analysis.table import rng_for
+
     if len(ratios) < 2:
         return ""
-    np.random.seed(seed)  # rliable's bootstrap draws from numpy's global generator
-    scores = {"x": np.asarray(ratios, dtype=float).reshape(-1, 1)}
-    point, ci = library.get_interval_estimates(
-        scores, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=2000
-    )
-    return f"{point['x'][0]:.2f} [{ci['x'][0][0]:.2f}, {ci['x'][1][0]:.2f}]"
+    scores = np.asarray(ratios, dtype=float).reshape(-1, 1)  # [seeds, 1 task]
+    point, (low, high) = interval_estimate(scores, iqm, rng_for(0, "iqm", *labels))
+    return f"{float(point):.2f} [{float(low):.2f}, {float(high):.2f}]"
 
 
 def table(rows: list[dict]) -> str:
@@ -332,7 +329,8 @@ def table(rows: list[dict]) -> str:
             published = PUBLISHED.get(algorithm, {}).get(t)
             lines.append(
                 f"| {algorithm} | {t} | {len(cells)} | {statistics.mean(ratios):.2f} "
-                f"({' / '.join(f'{x:.2f}' for x in ratios)}) | {_interval(ratios)} | "
+                f"({' / '.join(f'{x:.2f}' for x in ratios)}) | "
+                f"{_interval(ratios, (algorithm, t))} | "
                 f"{'' if published is None else f'{published:.2f}'} | "
                 f"{statistics.mean(c['process_seconds'] for c in cells):.0f} | {reach_text} |"
             )
