@@ -14,6 +14,9 @@ Subcommands:
 * ``runs``: list and compare the training runs of the MLflow store (:mod:`tdimitation.runs`);
 * ``label``: human preferences: serve the labelling page, add labellers, show status,
   export answers (see docs/human-preferences.md);
+* ``sweep --config RECIPE --space SPACE``: a hyperparameter search on Ray Tune with
+  Optuna's sampler, every trial a fit nested under the sweep's MLflow run (the ``sweep``
+  extra; see docs/sweeps.md);
 * ``fit --config RECIPE``: train an algorithm from a YAML recipe (LightningCLI; see
   :mod:`tdimitation.fit`).
 
@@ -405,6 +408,20 @@ def _label_args(p: argparse.ArgumentParser) -> None:
 @command("label", "human preferences: serve the labelling page, add labellers, export", _label_args)
 def run_label(args: argparse.Namespace) -> int:
     from tdimitation.labelling.command import run
+
+    return run(args)
+
+
+# ------------------------------------------------------------------------ sweep
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    from tdimitation.sweep.command import add_arguments
+
+    add_arguments(p)
+
+
+@command("sweep", "hyperparameter search of a recipe on Ray Tune + Optuna", _sweep_args)
+def run_sweep(args: argparse.Namespace) -> int:
+    from tdimitation.sweep.command import run
 
     return run(args)
 

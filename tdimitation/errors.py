@@ -117,3 +117,14 @@ class LabellingError(TdimitationError, ValueError):
 
 
 __all__ += ["LabellingError"]
+
+
+class SweepError(TdimitationError, ValueError):
+    """A hyperparameter sweep got bad input: search space, seeds, trial counts, metric."""
+
+
+class SweepClusterError(TdimitationError, OSError):
+    """The Ray cluster a sweep was pointed at cannot be reached or does not answer."""
+
+
+__all__ += ["SweepError", "SweepClusterError"]

@@ -1,0 +1,59 @@
+"""The sweep's progress line: trials done of the total, failures, best so far, ETA."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from ray.tune import Callback
+
+from tdimitation.sweep.trial import FINAL
+
+
+class SweepProgress(Callback):
+    """Prints one line to stderr each time a trial ends.
+
+    Args:
+        label: what is running (the sweep's name and phase).
+        total: trials of this phase.
+        metric: the metric whose best value so far is shown.
+        mode: ``"max"`` or ``"min"``: which value is best.
+    """
+
+    def __init__(self, label: str, total: int, metric: str, mode: str = "max") -> None:
+        self.label, self.total, self.metric = label, total, metric
+        self.pick = max if mode == "max" else min
+        self.started = time.monotonic()
+        self.done = 0
+        self.failed = 0
+        self.best: float | None = None
+
+    def setup(self, stop=None, num_samples=None, total_num_samples=None, **info) -> None:
+        self.started = time.monotonic()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        result = trial.last_result or {}
+        if result.get(FINAL) and self.metric in result:
+            value = float(result[self.metric])
+            self.best = value if self.best is None else self.pick(self.best, value)
+        self.done += 1
+        self._show()
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.done += 1
+        self.failed += 1
+        self._show()
+
+    def _show(self) -> None:
+        # Counted here: the ending trial's status changes only after these hooks.
+        elapsed = time.monotonic() - self.started
+        left = max(self.total - self.done, 0)
+        eta = f"{elapsed / self.done * left:.0f} s" if self.done and left else "-"
+        failed = f", {self.failed} failed" if self.failed else ""
+        best = "" if self.best is None else f", best final {self.metric} {self.best:.4g}"
+        print(
+            f"sweep {self.label}: {self.done}/{self.total} trials done{failed}{best}, "
+            f"{elapsed:.0f} s elapsed, ETA {eta}",
+            file=sys.stderr,
+            flush=True,
+        )
