@@ -36,16 +36,17 @@ class SweepProgress(Callback):
         if result.get(FINAL) and self.metric in result:
             value = float(result[self.metric])
             self.best = value if self.best is None else self.pick(self.best, value)
-        self.done += 1
-        self._show()
+        self._count(trials, trial, failed=False)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.done += 1
-        self.failed += 1
-        self._show()
+        self._count(trials, trial, failed=True)
 
-    def _show(self) -> None:
-        # Counted here: the ending trial's status changes only after these hooks.
+    def _count(self, trials, ending, failed: bool) -> None:
+        # The ending trial's status changes only after these hooks; trials a resumed sweep
+        # finished before count too.
+        others = [t for t in trials if t is not ending]
+        self.done = sum(t.status in ("TERMINATED", "ERROR") for t in others) + 1
+        self.failed = sum(t.status == "ERROR" for t in others) + int(failed)
         elapsed = time.monotonic() - self.started
         left = max(self.total - self.done, 0)
         eta = f"{elapsed / self.done * left:.0f} s" if self.done and left else "-"

@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from tdimitation.errors import SweepError
-from tdimitation.runs import process_tags
 from tdimitation.sweep.space import Parameter
 from tdimitation.sweep.trial import FINAL, TAG_SWEEP
-from tdimitation.utils import atomic_path
 
 SWEEP_FILE = "sweep.json"
 #: Bootstrap resamples of the re-evaluation's confidence interval.
@@ -53,7 +51,9 @@ def open_parent_run(
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from tdimitation.runs import process_tags
     from tdimitation.tracking import make_mlflow_logger
+    from tdimitation.utils import atomic_path
 
     if resuming:
         saved = json.loads((sweep_dir / SWEEP_FILE).read_text())
@@ -123,6 +123,8 @@ def best_configuration(grid, params: list[Parameter], options) -> dict[str, Any]
 def write_best_recipe(recipe: dict[str, Any], best: dict[str, Any], path: Path, name: str) -> Path:
     """The recipe with the best configuration's values, written atomically to ``path``."""
     import yaml
+
+    from tdimitation.utils import atomic_path
 
     tuned = copy.deepcopy(recipe)
     for key, value in best["values"].items():

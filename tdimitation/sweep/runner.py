@@ -30,7 +30,7 @@ from tdimitation.sweep.trial import FINAL, REPEAT_KEY, RUN_ID, TrialSettings, ru
 
 #: Seconds the cluster at ``--address`` has to accept a connection, then to answer Ray.
 CONNECT_TIMEOUT = 5.0
-INIT_TIMEOUT = 20.0
+INIT_TIMEOUT = 15.0
 
 
 @dataclass
@@ -85,16 +85,26 @@ def run_sweep(options: SweepOptions) -> dict[str, Any]:
         SweepError: bad input (space, recipe, counts), before Ray starts.
         SweepClusterError: the Ray cluster at ``options.address`` does not answer.
     """
-    from tdimitation.sweep import results
-    from tdimitation.tracking import data_dir, tracking_uri
-
     check_options(options)
     recipe = Path(options.recipe).resolve()
     params = load_space(options.space)
     recipe_yaml = _read_recipe(recipe)
-    check_keys(params, recipe_yaml, options.space)
+    if options.address:
+        # Before torch is imported: an address that does not answer fails within seconds.
+        _start_ray(options)
+    try:
+        check_keys(params, recipe_yaml, options.space)
+        return _sweep(options, recipe, params, recipe_yaml)
+    finally:
+        _stop_ray()
+
+
+def _sweep(options: SweepOptions, recipe: Path, params: list[Parameter], recipe_yaml: dict):
+    from tdimitation.sweep import results
+    from tdimitation.tracking import data_dir, tracking_uri
+
     root = data_dir(options.data_dir or (recipe_yaml.get("run") or {}).get("data_dir"))
-    cli = _check_recipe(recipe, params, options, root)
+    cli = _check_recipe(recipe, params, root)
     model = cli.model
     if "seed" not in model.hparams:
         raise SweepError(
@@ -107,6 +117,8 @@ def run_sweep(options: SweepOptions) -> dict[str, Any]:
     sweep_dir = root / "sweeps" / name
     settings_record = _settings_record(options, recipe, params)
     resuming = _check_resume(sweep_dir, settings_record, options)
+    if not options.address:
+        _start_ray(options)
     uri = tracking_uri(root)
     parent = results.open_parent_run(
         uri, experiment, name, sweep_dir, settings_record, resuming, params
@@ -124,7 +136,6 @@ def run_sweep(options: SweepOptions) -> dict[str, Any]:
         "cwd": os.getcwd(),
     }
     summary: dict[str, Any] = {"name": name, "sweep_dir": str(sweep_dir), "run_id": parent.run_id}
-    _start_ray(options)
     try:
         grid = _tune(
             options,
@@ -157,8 +168,6 @@ def run_sweep(options: SweepOptions) -> dict[str, Any]:
     except BaseException:
         parent.finish("KILLED")
         raise
-    finally:
-        _stop_ray()
     parent.finish("FINISHED")
     return summary
 
@@ -178,7 +187,7 @@ def _read_recipe(recipe: Path) -> dict[str, Any]:
     return mapping
 
 
-def _check_recipe(recipe: Path, params: list[Parameter], options: SweepOptions, root: Path):
+def _check_recipe(recipe: Path, params: list[Parameter], root: Path):
     """Parse and build the recipe with a value of the space; prepare its data once."""
     import logging
     import warnings
@@ -231,8 +240,7 @@ def _check_resume(sweep_dir: Path, record: dict, options: SweepOptions) -> bool:
     if not saved_path.is_file():
         if options.resume:
             raise SweepError(
-                f"no sweep to resume in {sweep_dir}; start it without --resume (or give its "
-                "--name)"
+                f"no sweep to resume in {sweep_dir}; start it without --resume (or give its --name)"
             )
         return False
     saved = json.loads(saved_path.read_text())
@@ -344,7 +352,9 @@ def _tune(options, sweep_dir: Path, phase: str, settings: TrialSettings, params=
         tuner = tune.Tuner(
             trainable,
             param_space={**fixed, REPEAT_KEY: tune.grid_search(list(range(options.reevaluate)))},
-            tune_config=tune.TuneConfig(metric=options.metric, mode=options.mode),
+            tune_config=tune.TuneConfig(
+                metric=options.metric, mode=options.mode, reuse_actors=True
+            ),
             run_config=run_config,
         )
     started = time.monotonic()
@@ -393,6 +403,8 @@ def _search_config(options: SweepOptions, params: list[Parameter]):
         search_alg=searcher,
         scheduler=scheduler,
         num_samples=options.trials * options.seeds,
+        # A worker runs trial after trial: torch, Lightning and MLflow are imported once.
+        reuse_actors=True,
     )
 
 

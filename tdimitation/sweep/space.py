@@ -117,9 +117,7 @@ def load_space(path: str | Path) -> list[Parameter]:
 def parse_space(mapping: Any, source: str = "search space") -> list[Parameter]:
     """Check a search space given as a mapping; returns its parameters in file order."""
     if mapping is None or mapping == {}:
-        raise SweepError(
-            f"{source} is empty: give at least one key to search, e.g. {_EXAMPLE}"
-        )
+        raise SweepError(f"{source} is empty: give at least one key to search, e.g. {_EXAMPLE}")
     if not isinstance(mapping, dict):
         raise SweepError(
             f"{source} must map recipe keys to ranges (got a {type(mapping).__name__}), e.g. "
@@ -188,7 +186,9 @@ def _parse_entry(key: str, spec: Any, source: str) -> tuple[str, tuple]:
         raise SweepError(f"{source}: {key}'s {kind} needs two finite numbers [low, high]")
     low, high = values
     if not low < high:
-        raise SweepError(f"{source}: {key}'s {kind} range [{low}, {high}] is empty; give low < high")
+        raise SweepError(
+            f"{source}: {key}'s {kind} range [{low}, {high}] is empty; give low < high"
+        )
     if kind in ("int", "logint") and not (float(low).is_integer() and float(high).is_integer()):
         raise SweepError(f"{source}: {key}'s {kind} bounds must be integers, got [{low}, {high}]")
     if kind in ("loguniform", "logint") and low <= 0:
@@ -218,14 +218,18 @@ def check_keys(params: list[Parameter], recipe: dict[str, Any], source: str) -> 
             accepted = _arguments(cls)
         if accepted is None or param.name in accepted:
             continue
-        hint = difflib.get_close_matches(param.name, sorted(accepted), n=1, cutoff=0.5)
-        if not hint:  # "lr" for "learning_rate": a name that starts with the same letters
-            hint = sorted(a for a in accepted if a.startswith(param.name[:2]))[:1]
+        # An abbreviation first ("lr": learning_rate), then the closest spelling.
+        hint = sorted(a for a in accepted if _initials(a) == param.name.lower())[:1]
+        hint = hint or difflib.get_close_matches(param.name, sorted(accepted), n=1, cutoff=0.5)
         did_you_mean = f"; did you mean {hint[0]}?" if hint else ""
         raise SweepError(
-            f"{source}: {cls.__name__} has no parameter {param.name!r} ({param.key})"
-            f"{did_you_mean}"
+            f"{source}: {cls.__name__} has no parameter {param.name!r} ({param.key}){did_you_mean}"
         )
+
+
+def _initials(name: str) -> str:
+    parts = [part for part in name.split("_") if part]
+    return "".join(part[0] for part in parts).lower() if len(parts) > 1 else ""
 
 
 def _recipe_class(recipe: dict[str, Any], section: str, source: str, key: str) -> type:
@@ -260,9 +264,9 @@ def _arguments(cls: type) -> set[str] | None:
             parameters = inspect.signature(init).parameters.values()
         except (TypeError, ValueError):
             return None
-        names |= {
-            p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        } - {"self"}
+        names |= {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)} - {
+            "self"
+        }
         if not any(p.kind == p.VAR_KEYWORD for p in parameters):
             return names
     return names

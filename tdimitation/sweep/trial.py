@@ -2,8 +2,9 @@
 
 The trial runs :func:`tdimitation.fit.fit_main` in its Ray worker, so its MLflow run
 carries what any fit's does (parameters, tags, per-round metrics, final evaluation,
-artifacts); :class:`TrialReport` nests it under the sweep's run and reports the metric to
-Ray Tune after every round (what ASHA early stopping decides on). The last report is the
+artifacts); ``TrialReport`` nests it under the sweep's run and reports the metric to
+Ray Tune after every round (what ASHA early stopping decides on; see
+:mod:`tdimitation.sweep.report`). The last report is the
 final evaluation.
 
 A trial's run name is fixed by its Ray trial id, so a trial restarted by a resumed sweep
@@ -18,8 +19,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import lightning as L
 
 #: Tags of a trial's MLflow run.
 TAG_PARENT = "mlflow.parentRunId"
@@ -68,40 +67,13 @@ class TrialSettings:
     cwd: str
 
 
-class TrialReport(L.Callback):
-    """Nests the fit's MLflow run under the sweep's and reports the metric every round.
-
-    Args:
-        parent_run_id: the sweep's MLflow run.
-        tags: further tags of the trial's run.
-        metric: the metric reported, read from the fit's logged metrics.
-        report: called with each report (Ray Tune's ``tune.report``).
-    """
-
-    def __init__(self, parent_run_id: str, tags: dict[str, str], metric: str, report) -> None:
-        self.parent_run_id, self.tags, self.metric, self.report = parent_run_id, tags, metric, report
-        self.run_id: str | None = None
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        logger = trainer.logger
-        self.run_id = logger.run_id
-        for key, value in {TAG_PARENT: self.parent_run_id, **self.tags}.items():
-            logger.experiment.set_tag(self.run_id, key, value)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        # One report per round once the metric exists (ASHA needs it in every report): its
-        # latest value, so trials are compared at equal numbers of rounds.
-        value = trainer.callback_metrics.get(self.metric)
-        if value is not None:
-            self.report({self.metric: float(value), FINAL: 0, RUN_ID: self.run_id})
-
-
 def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     """Ray Tune's function trainable: one fit of the recipe with ``config``'s values."""
     from ray import tune
 
     from tdimitation.errors import SweepError
     from tdimitation.fit import fit_main
+    from tdimitation.sweep.report import TrialReport
 
     if os.path.isdir(settings.cwd):  # Ray starts trials in their own directory
         os.chdir(settings.cwd)
