@@ -32,10 +32,6 @@ class SweepProgress(Callback):
         self.started = time.monotonic()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        result = trial.last_result or {}
-        if result.get(FINAL) and self.metric in result:
-            value = float(result[self.metric])
-            self.best = value if self.best is None else self.pick(self.best, value)
         self._count(trials, trial, failed=False)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -47,6 +43,12 @@ class SweepProgress(Callback):
         others = [t for t in trials if t is not ending]
         self.done = sum(t.status in ("TERMINATED", "ERROR") for t in others) + 1
         self.failed = sum(t.status == "ERROR" for t in others) + int(failed)
+        finals = [
+            float(t.last_result[self.metric])
+            for t in trials
+            if (t.last_result or {}).get(FINAL) and self.metric in t.last_result
+        ]
+        self.best = self.pick(finals) if finals else None
         elapsed = time.monotonic() - self.started
         left = max(self.total - self.done, 0)
         eta = f"{elapsed / self.done * left:.0f} s" if self.done and left else "-"

@@ -362,10 +362,12 @@ def _tune(options, sweep_dir: Path, phase: str, settings: TrialSettings, params=
     unfinished = [r for r in grid if r.error is None and not r.metrics.get(FINAL)]
     interrupted = len(grid) < total or (not options.asha and unfinished)
     if interrupted:
-        raise KeyboardInterrupt(
+        print(
             f"sweep {settings.name} stopped after {time.monotonic() - started:.0f} s; run the "
-            "same command again to resume it"
+            "same command again to resume it",
+            file=sys.stderr,
         )
+        raise KeyboardInterrupt
     errors = [r for r in grid if r.error is not None]
     for result in errors:
         reason = str(result.error).strip().splitlines()[-1] if str(result.error) else "error"
