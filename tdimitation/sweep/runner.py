@@ -103,8 +103,7 @@ def _sweep(options: SweepOptions, recipe: Path, params: list[Parameter], recipe_
     from tdimitation.sweep import results
     from tdimitation.tracking import data_dir, tracking_uri
 
-    root = data_dir(options.data_dir or (recipe_yaml.get("run") or {}).get("data_dir"))
-    cli = _check_recipe(recipe, params, root)
+    cli = _check_recipe(recipe, params)
     model = cli.model
     if "seed" not in model.hparams:
         raise SweepError(
@@ -113,10 +112,17 @@ def _sweep(options: SweepOptions, recipe: Path, params: list[Parameter], recipe_
         )
     base_seed = int(model.hparams.seed or 0)
     experiment = (recipe_yaml.get("run") or {}).get("experiment") or type(model).__name__
+    root = data_dir(options.data_dir or (recipe_yaml.get("run") or {}).get("data_dir"))
     name = options.name or f"{recipe.stem}-{Path(options.space).stem}"
     sweep_dir = root / "sweeps" / name
     settings_record = _settings_record(options, recipe, params)
     resuming = _check_resume(sweep_dir, settings_record, options)
+    if cli.datamodule is not None:
+        # Once, here: concurrent trials would race to collect and cache the same data.
+        from tdimitation.tracking import DATA_DIR_ENV
+
+        os.environ[DATA_DIR_ENV] = str(root)  # the data module caches under the sweep's dir
+        cli.datamodule.prepare_data()
     if not options.address:
         _start_ray(options)
     uri = tracking_uri(root)
@@ -166,6 +172,10 @@ def _sweep(options: SweepOptions, recipe: Path, params: list[Parameter], recipe_
             )
             summary["reevaluation"] = results.reevaluation(grid, options, parent)
     except BaseException:
+        _stop_ray()  # its workers end: their fits' runs are found stale and marked KILLED
+        from tdimitation.runs import mark_stale_runs
+
+        mark_stale_runs(parent.client)
         parent.finish("KILLED")
         raise
     parent.finish("FINISHED")
@@ -187,14 +197,13 @@ def _read_recipe(recipe: Path) -> dict[str, Any]:
     return mapping
 
 
-def _check_recipe(recipe: Path, params: list[Parameter], root: Path):
-    """Parse and build the recipe with a value of the space; prepare its data once."""
+def _check_recipe(recipe: Path, params: list[Parameter]):
+    """Parse and build the recipe with a value of the space (nothing is written)."""
     import logging
     import warnings
 
     from tdimitation.fit import _make_cli
     from tdimitation.fit_errors import normalise_flags
-    from tdimitation.tracking import DATA_DIR_ENV
     from tdimitation.utils import configure_threads
 
     configure_threads()
@@ -202,9 +211,7 @@ def _check_recipe(recipe: Path, params: list[Parameter], root: Path):
     for param in params:
         example = param.example()
         argv += [f"--{param.key}", example if isinstance(example, str) else json.dumps(example)]
-    argv += ["--run.data_dir", str(root)]
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
-    os.environ[DATA_DIR_ENV] = str(root)  # the data module caches under the sweep's dir
     saved_argv, sys.argv = sys.argv, sys.argv[:1]
     banners = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     saved_level = banners.level
@@ -216,8 +223,6 @@ def _check_recipe(recipe: Path, params: list[Parameter], root: Path):
     finally:
         sys.argv = saved_argv
         banners.setLevel(saved_level)
-    if cli.datamodule is not None:
-        cli.datamodule.prepare_data()
     return cli
 
 

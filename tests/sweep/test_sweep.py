@@ -15,7 +15,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -328,25 +327,31 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(workdir, tm
     process = subprocess.Popen(
         command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    finished_before: set[str] = set()
+    lines = []
     try:
-        while process.poll() is None and len(finished_before) < 3:
-            time.sleep(1)
-            if db.exists():
-                finished_before = _finished_trials(db)
+        for line in process.stderr:  # one progress line per finished trial
+            lines.append(line)
+            if sum("trials done" in seen for seen in lines) >= 3:
+                break
     finally:
         process.send_signal(signal.SIGINT)  # Ctrl-C
-        _, stderr = process.communicate(timeout=300)
+        _, rest = process.communicate(timeout=300)
+    stderr = "".join(lines) + rest
     assert process.returncode == 130, stderr[-3000:]
     assert "run the same command again to resume it" in stderr
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name("bc-sweep").experiment_id
+    stopped = client.search_runs([experiment])
+    assert not [r for r in stopped if r.info.status == "RUNNING"]
+    assert client.get_run(_parent_id(stopped)).info.status == "KILLED"
     finished_before = _finished_trials(db)
     assert 3 <= len(finished_before) < 8
 
     done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming sweep bc-space (search)" in done.stdout
-    client = MlflowClient(f"sqlite:///{db}")
-    runs = client.search_runs([client.get_experiment_by_name("bc-sweep").experiment_id])
+    runs = client.search_runs([experiment])
+    assert client.get_run(_parent_id(runs)).info.status == "FINISHED"
     search = [r for r in runs if r.data.tags.get("tdimitation.sweep.phase") == "search"]
     # The finished runs are kept as they were; the rest ran once each.
     assert finished_before <= {r.info.run_id for r in search}
@@ -357,11 +362,14 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(workdir, tm
     assert sorted(map(sorted, seeds.values())) == [["0", "1"]] * 4
 
 
+def _parent_id(runs) -> str:
+    (parent,) = [r for r in runs if r.info.run_name == "sweep-bc-space"]
+    return parent.info.run_id
+
+
 def _finished_trials(db: Path) -> set[str]:
     client = MlflowClient(f"sqlite:///{db}")
     experiment = client.get_experiment_by_name("bc-sweep")
-    if experiment is None:
-        return set()
     return {
         r.info.run_id
         for r in client.search_runs([experiment.experiment_id])
