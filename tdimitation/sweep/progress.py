@@ -9,6 +9,11 @@ from ray.tune import Callback
 
 from tdimitation.sweep.trial import FINAL
 
+#: Trials ended (finished, stopped early or failed) per phase, as last counted in this
+#: process: how the driver tells a phase that ended from one that was interrupted (a resumed
+#: phase runs with the callback Ray Tune saved, not with a new one).
+ENDED: dict[str, int] = {}
+
 
 class SweepProgress(Callback):
     """Prints one line to stderr each time a trial ends.
@@ -43,6 +48,7 @@ class SweepProgress(Callback):
         others = [t for t in trials if t is not ending]
         self.done = sum(t.status in ("TERMINATED", "ERROR") for t in others) + 1
         self.failed = sum(t.status == "ERROR" for t in others) + int(failed)
+        ENDED[self.label] = self.done
         finals = [
             float(t.last_result[self.metric])
             for t in trials

@@ -156,7 +156,7 @@ def _sweep(options: SweepOptions, recipe: Path, params: list[Parameter], recipe_
         summary |= {"best": best, "best_recipe": str(best_recipe)}
         print(
             f"best of {best['configurations']} configurations: {options.metric} "
-            f"{best['mean']:.4g} (mean of {options.seeds} seeds) with "
+            f"{best['mean']:.4g} (mean over {options.seeds} seed{'s' * (options.seeds > 1)}) with "
             + ", ".join(f"{k}={v!r}" for k, v in best["values"].items()),
             flush=True,
         )
@@ -328,18 +328,19 @@ def _tune(options, sweep_dir: Path, phase: str, settings: TrialSettings, params=
     """Run (or resume) one phase's trials on Ray Tune; returns its ResultGrid."""
     from ray import tune
 
-    from tdimitation.sweep.progress import SweepProgress
+    from tdimitation.sweep.progress import ENDED, SweepProgress
 
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, settings=settings), {"cpu": options.cpus_per_trial}
     )
     path = sweep_dir / phase
+    label = f"{settings.name} {phase}"
     total = options.trials * options.seeds if phase == "search" else options.reevaluate
     run_config = tune.RunConfig(
         name=phase,
         storage_path=str(sweep_dir),
         verbose=0,
-        callbacks=[SweepProgress(f"{settings.name} {phase}", total, options.metric, options.mode)],
+        callbacks=[SweepProgress(label, total, options.metric, options.mode)],
         failure_config=tune.FailureConfig(max_failures=0),
     )
     if tune.Tuner.can_restore(str(path)):
@@ -362,10 +363,15 @@ def _tune(options, sweep_dir: Path, phase: str, settings: TrialSettings, params=
             ),
             run_config=run_config,
         )
+    ENDED.pop(label, None)
     started = time.monotonic()
     grid = tuner.fit()
-    unfinished = [r for r in grid if r.error is None and not r.metrics.get(FINAL)]
-    interrupted = len(grid) < total or (not options.asha and unfinished)
+    ended = ENDED.pop(label, None)
+    if ended is not None:
+        interrupted = ended < total
+    else:  # nothing ended in this process: a resumed phase that had finished
+        unfinished = [r for r in grid if r.error is None and not r.metrics.get(FINAL)]
+        interrupted = len(grid) < total or (not options.asha and bool(unfinished))
     if interrupted:
         print(
             f"sweep {settings.name} stopped after {time.monotonic() - started:.0f} s; run the "
@@ -424,5 +430,6 @@ def _close_stopped_runs(grid, settings: TrialSettings) -> None:
         run_id = (result.metrics or {}).get(RUN_ID)
         if result.error is None and run_id and not result.metrics.get(FINAL):
             client.set_tag(run_id, "tdimitation.sweep.stopped_early", "true")
-            if client.get_run(run_id).info.status == "RUNNING":
+            # The fit saw the stop as an error (FAILED), or its worker ended (RUNNING).
+            if client.get_run(run_id).info.status != "FINISHED":
                 client.set_terminated(run_id, "KILLED")

@@ -375,3 +375,41 @@ def _finished_trials(db: Path) -> set[str]:
         for r in client.search_runs([experiment.experiment_id])
         if r.data.tags.get("tdimitation.sweep.phase") == "search" and r.info.status == "FINISHED"
     }
+
+
+@pytest.mark.slow
+def test_asha_stops_trials_and_only_finished_ones_can_be_best(workdir, tmp_path):
+    recipe = tmp_path / "bc.yaml"
+    # Four epochs of small blocks: ~50 rounds, each reported; stops come after 10.
+    recipe.write_text(
+        textwrap.dedent(RECIPE)
+        .replace("n_epochs: 1", "n_epochs: 4\n    steps_per_call: 16")
+        .replace("experiment: bc-sweep", "experiment: bc-asha")
+    )
+    (tmp_path / "lr.yaml").write_text(
+        "model.init_args.learning_rate: {loguniform: [1.0e-5, 1.0e-2]}\n"
+    )
+    data = tmp_path / "data"
+    command = [
+        sys.executable, "-m", "tdimitation.cli", "sweep", "--config", str(recipe),
+        "--space", str(tmp_path / "lr.yaml"), "--trials", "6", "--asha", "--grace-period", "10",
+        "--max-rounds", "100", "--cpus", "2", "--data-dir", str(data),
+    ]  # fmt: skip
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{data}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("bc-asha").experiment_id])
+    trials = [r for r in runs if r.data.tags.get("tdimitation.sweep.phase") == "search"]
+    assert len(trials) == 6
+    finished = [r for r in trials if r.info.status == "FINISHED"]
+    stopped = [r for r in trials if r.data.tags.get("tdimitation.sweep.stopped_early")]
+    # Every trial either ran its whole budget or was stopped early and marked so.
+    assert len(finished) + len(stopped) == 6 and finished
+    assert all(r.info.status == "KILLED" and r.data.metrics["bc/epoch"] < 4 for r in stopped)
+    assert all(r.data.metrics["bc/epoch"] == 4 for r in finished)
+    best = yaml.safe_load((data / "sweeps" / "bc-lr" / "best.yaml").read_text())
+    best_lr = repr(best["model"]["init_args"]["learning_rate"])
+    assert best_lr in {r.data.params["learning_rate"] for r in finished}
+    assert max(r.data.metrics[METRIC] for r in finished) == pytest.approx(
+        next(r for r in runs if r.info.run_name == "sweep-bc-lr").data.metrics[f"best/{METRIC}"]
+    )
