@@ -30,7 +30,7 @@ from tdimitation.sweep.trial import FINAL, REPEAT_KEY, RUN_ID, TrialSettings, ru
 
 #: Seconds the cluster at ``--address`` has to accept a connection, then to answer Ray.
 CONNECT_TIMEOUT = 5.0
-INIT_TIMEOUT = 15.0
+INIT_TIMEOUT = 10.0
 
 
 @dataclass
