@@ -33,7 +33,7 @@ class ParentRun:
     run_id: str
 
     def finish(self, status: str) -> None:
-        """Close the run (``FINISHED``, or ``KILLED`` when the sweep stopped)."""
+        """Close the run: ``FINISHED``, ``KILLED`` (interrupted) or ``FAILED``."""
         self.client.set_terminated(self.run_id, status)
 
 

@@ -171,12 +171,12 @@ def _sweep(options: SweepOptions, recipe: Path, params: list[Parameter], recipe_
                 fixed=fixed,
             )
             summary["reevaluation"] = results.reevaluation(grid, options, parent)
-    except BaseException:
+    except BaseException as err:
         _stop_ray()  # its workers end: their fits' runs are found stale and marked KILLED
         from tdimitation.runs import mark_stale_runs
 
         mark_stale_runs(parent.client)
-        parent.finish("KILLED")
+        parent.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     parent.finish("FINISHED")
     return summary
