@@ -1,7 +1,8 @@
 """``tdimitation sweep`` end to end: a real local Ray instance, real fits, a real MLflow store.
 
-One sweep (4 configurations x 2 seeds of BC on CartPole, then 2 fresh seeds for the best)
-runs once as a subprocess of the ``tdimitation`` command; the tests read what it left.
+One sweep (4 configurations x 2 seeds of BC on CartPole) runs once as a subprocess of the
+``tdimitation`` command; the tests read what it left. The slow tests interrupt and resume
+a sweep (then re-evaluate its best configuration on fresh seeds) and stop trials with ASHA.
 The bad-input tests stop before Ray starts, except the ones about the cluster address.
 """
 
@@ -103,9 +104,7 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sweep(workdir):
     data = workdir / "data"
-    command = _sweep_command(
-        workdir, "--trials", "4", "--seeds", "2", "--reevaluate", "2", "--data-dir", str(data)
-    )
+    command = _sweep_command(workdir, "--trials", "4", "--seeds", "2", "--data-dir", str(data))
     done = subprocess.run(
         command, cwd=workdir, env=_env(), capture_output=True, text=True, timeout=1200
     )
@@ -120,10 +119,7 @@ def sweep(workdir):
         "data": data,
         "client": client,
         "parent": parent,
-        "search": [r for r in children if r.data.tags["tdimitation.sweep.phase"] == "search"],
-        "reevaluate": [
-            r for r in children if r.data.tags["tdimitation.sweep.phase"] == "reevaluate"
-        ],
+        "search": children,
         "others": [r for r in runs if r not in children and r is not parent],
         "sweep_dir": data / "sweeps" / "bc-space",
     }
@@ -140,6 +136,8 @@ def test_every_trial_is_a_nested_fit_run(sweep):
     for run in search:
         assert run.info.status == "FINISHED"
         tags, params = run.data.tags, run.data.params
+        assert tags["tdimitation.sweep.phase"] == "search"
+        assert tags["tdimitation.sweep"] == "bc-space"
         # What any fit records: recipe and algorithm tags, every parameter, the evaluation.
         assert tags["tdimitation.recipe"].endswith("bc.yaml")
         assert tags["tdimitation.algorithm"] == "tdimitation.algorithms.bc.BC"
@@ -192,21 +190,6 @@ def test_best_recipe_runs(sweep, workdir):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "evaluation over 2 episodes" in done.stdout
-
-
-def test_reevaluation_on_fresh_seeds(sweep):
-    runs = sweep["reevaluate"]
-    assert sorted(r.data.params["seed"] for r in runs) == ["2", "3"]
-    best = yaml.safe_load((sweep["sweep_dir"] / "best.yaml").read_text())["model"]["init_args"]
-    assert {_configuration(r) for r in runs} == {
-        (repr(best["learning_rate"]), str(best["n_epochs"]))
-    }
-    metrics = sweep["parent"].data.metrics
-    returns = [r.data.metrics[METRIC] for r in runs]
-    assert metrics["reevaluate/mean"] == pytest.approx(statistics.fmean(returns))
-    assert min(returns) <= metrics["reevaluate/ci_low"] <= metrics["reevaluate/mean"]
-    assert metrics["reevaluate/mean"] <= metrics["reevaluate/ci_high"] <= max(returns)
-    assert "95% CI" in sweep["done"].stdout
 
 
 # ------------------------------------------------------------------ bad input
@@ -322,7 +305,9 @@ def test_without_the_extra_the_command_says_how_to_install_it(workdir, tmp_path)
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(workdir, tmp_path):
     data = tmp_path / "data"
-    command = _sweep_command(workdir, "--trials", "4", "--seeds", "2", "--data-dir", str(data))
+    command = _sweep_command(
+        workdir, "--trials", "4", "--seeds", "2", "--reevaluate", "2", "--data-dir", str(data)
+    )
     db = data / "mlflow.db"
     process = subprocess.Popen(
         command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -360,6 +345,21 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(workdir, tm
     for run in search:
         seeds[_configuration(run)].append(run.data.params["seed"])
     assert sorted(map(sorted, seeds.values())) == [["0", "1"]] * 4
+
+    # The best configuration re-run on two seeds the search did not use.
+    again = [r for r in runs if r.data.tags.get("tdimitation.sweep.phase") == "reevaluate"]
+    assert sorted(r.data.params["seed"] for r in again) == ["2", "3"]
+    best = yaml.safe_load((data / "sweeps" / "bc-space" / "best.yaml").read_text())
+    best = best["model"]["init_args"]
+    assert {_configuration(r) for r in again} == {
+        (repr(best["learning_rate"]), str(best["n_epochs"]))
+    }
+    metrics = client.get_run(_parent_id(runs)).data.metrics
+    returns = [r.data.metrics[METRIC] for r in again]
+    assert metrics["reevaluate/mean"] == pytest.approx(statistics.fmean(returns))
+    assert min(returns) <= metrics["reevaluate/ci_low"] <= metrics["reevaluate/mean"]
+    assert metrics["reevaluate/mean"] <= metrics["reevaluate/ci_high"] <= max(returns)
+    assert "95% CI" in done.stdout
 
 
 def _parent_id(runs) -> str:
