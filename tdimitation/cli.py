@@ -16,6 +16,9 @@ Subcommands:
   bootstrap intervals, normalised scores, learning curves; :mod:`tdimitation.analysis`);
 * ``label``: human preferences: serve the labelling page, add labellers, show status,
   export answers (see docs/human-preferences.md);
+* ``sweep --config RECIPE --space SPACE``: a hyperparameter search on Ray Tune with
+  Optuna's sampler, every trial a fit nested under the sweep's MLflow run (the ``sweep``
+  extra; see docs/sweeps.md);
 * ``fit --config RECIPE``: train an algorithm from a YAML recipe (LightningCLI; see
   :mod:`tdimitation.fit`).
 
@@ -427,6 +430,20 @@ def run_analyze(args: argparse.Namespace) -> int:
     from tdimitation.analysis.command import main as analyze_main
 
     return analyze_main(args)
+
+
+# ------------------------------------------------------------------------ sweep
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    from tdimitation.sweep.command import add_arguments
+
+    add_arguments(p)
+
+
+@command("sweep", "hyperparameter search of a recipe on Ray Tune + Optuna", _sweep_args)
+def run_sweep(args: argparse.Namespace) -> int:
+    from tdimitation.sweep.command import run
+
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

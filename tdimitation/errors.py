@@ -124,3 +124,14 @@ class StrategyError(TdimitationError, ValueError):
 
 
 __all__ += ["StrategyError"]
+
+
+class SweepError(TdimitationError, ValueError):
+    """A hyperparameter sweep got bad input: search space, seeds, trial counts, metric."""
+
+
+class SweepClusterError(TdimitationError, OSError):
+    """The Ray cluster a sweep was pointed at cannot be reached or does not answer."""
+
+
+__all__ += ["SweepError", "SweepClusterError"]

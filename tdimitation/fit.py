@@ -26,6 +26,7 @@ import sys
 import time
 import warnings
 from argparse import ArgumentError
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,8 +141,11 @@ class _FitCLI(LightningCLI):
         )
 
 
-def fit_main(argv: list[str] | None = None) -> int:
+def fit_main(argv: list[str] | None = None, callbacks: Sequence[L.Callback] = ()) -> int:
     """Run ``tdimitation fit``; returns the process exit status.
+
+    ``callbacks`` join the Trainer's once the run's logger is attached (a sweep's trial
+    tags its run and reports its progress through one).
 
     Raises:
         TdimitationError: bad input (recipe, option, checkpoint, trainer limits), before
@@ -188,7 +192,7 @@ def fit_main(argv: list[str] | None = None) -> int:
         if hasattr(cli.model, "training_budget"):
             check_budget_left(cli.model, state)
         checked.add(ckpt_path)
-    return _run(cli, checked)
+    return _run(cli, checked, callbacks)
 
 
 def _make_cli(argv: list[str]) -> _FitCLI:
@@ -280,7 +284,7 @@ def check_checkpoint_matches(
             )
 
 
-def _run(cli: _FitCLI, checked: set[str]) -> int:
+def _run(cli: _FitCLI, checked: set[str], callbacks: Sequence[L.Callback] = ()) -> int:
     config = cli.config
     run_cfg = config.run
     model = cli.model
@@ -303,6 +307,7 @@ def _run(cli: _FitCLI, checked: set[str]) -> int:
     with interrupt_on_signals() as received:
         try:
             checkpoints = _start_record(cli, logger, run_dir, recipe, experiment, previous)
+            cli.trainer.callbacks.extend(callbacks)
             _fit_and_record(cli, logger, checkpoints, last_step)
         except BaseException as err:
             killed = bool(received) or isinstance(err, KeyboardInterrupt)
