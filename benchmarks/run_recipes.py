@@ -13,9 +13,10 @@ experiment of its own, so the quality tables count each seed once), to check tha
 runs of one seed end at the same return.
 
 Runs go through an executor: an object whose ``map(function, jobs)`` yields each job's
-result as it finishes. :class:`SequentialExecutor` runs them one after another in this
-process; a parallel executor (Ray, through the sweep machinery) plugs in at
-:func:`run_jobs` without changing anything else.
+result as it finishes. :class:`SequentialExecutor` (the default) runs them one after
+another in this process; ``--executor ray`` (:class:`RayExecutor`, the sweep extra) runs
+them as Ray tasks, one CPU each, on this machine or on the cluster at ``--ray-address``,
+started as ``tdimitation sweep`` starts Ray.
 
 Two kinds of tables are regenerated in ``benchmarks/RESULTS.md``, between marker comments,
 so no figure there is typed by hand:
@@ -74,6 +75,33 @@ class SequentialExecutor:
     def map(self, function: Callable[[Job], dict], jobs: Iterable[Job]) -> Iterator[dict]:
         for job in jobs:
             yield function(job)
+
+
+class RayExecutor:
+    """Runs the jobs as Ray tasks (one CPU each), yielding results as they finish.
+
+    Args:
+        address: a Ray cluster's address (None: start Ray on this machine).
+        cpus: CPUs of a local Ray (None: all of this machine's).
+    """
+
+    def __init__(self, address: str | None = None, cpus: int | None = None) -> None:
+        self.address, self.cpus = address, cpus
+
+    def map(self, function: Callable[[Job], dict], jobs: Iterable[Job]) -> Iterator[dict]:
+        import ray
+
+        from tdimitation.sweep.runner import start_ray
+
+        start_ray(self.address, self.cpus)
+        try:
+            task = ray.remote(num_cpus=1)(function)
+            pending = [task.remote(job) for job in jobs]
+            while pending:
+                finished, pending = ray.wait(pending, num_returns=1)
+                yield ray.get(finished[0])
+        finally:
+            ray.shutdown()
 
 
 def experiment_of(recipe: str, repeat: int = 0) -> str:
@@ -327,6 +355,14 @@ def main() -> None:
         help="name of the RESULTS.md quality section (tdimitation analyze) to regenerate",
     )
     parser.add_argument("--analysis-seed", type=int, default=0, help="seed of the bootstrap")
+    parser.add_argument(
+        "--executor",
+        choices=["sequential", "ray"],
+        default="sequential",
+        help="run the fits one after another, or as Ray tasks (pip install 'tdimitation[sweep]')",
+    )
+    parser.add_argument("--ray-address", default=None, help="a Ray cluster (default: local)")
+    parser.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray")
     parser.add_argument("--write", action="store_true", help="regenerate the RESULTS.md table")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="-- then extra fit arguments")
     args = parser.parse_args()
@@ -338,7 +374,8 @@ def main() -> None:
     todo += [Job(rc, s, 1) for rc in args.recipes for s in args.repeat_seed]
     todo = [j for j in todo if run_key(j.recipe, j.seed, j.repeat) not in done]
     print(f"{len(todo)} runs to do ({len(done)} already in {args.results})", flush=True)
-    run_jobs(todo, args.results, args.data_dir, extra)
+    executor = RayExecutor(args.ray_address, args.ray_cpus) if args.executor == "ray" else None
+    run_jobs(todo, args.results, args.data_dir, extra, executor)
     if args.table:
         recipes = args.table_recipes or args.recipes
         text = table(load_results(args.results), recipes, args.target)

@@ -260,22 +260,31 @@ def _check_resume(sweep_dir: Path, record: dict, options: SweepOptions) -> bool:
 
 # --------------------------------------------------------------------- Ray
 def _start_ray(options: SweepOptions) -> None:
+    start_ray(options.address, options.cpus)
+
+
+def start_ray(address: str | None = None, cpus: int | None = None) -> None:
+    """Start Ray on this machine (``cpus``, default all) or connect to the cluster at ``address``.
+
+    Raises:
+        SweepClusterError: the address does not answer within 10 s, or is not a Ray cluster.
+    """
     import logging
 
     import ray
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     common = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
-    if not options.address:
-        ray.init(num_cpus=options.cpus or os.cpu_count(), **common)
+    if not address:
+        ray.init(num_cpus=cpus or os.cpu_count(), **common)
         return
-    if options.address != "auto":
-        _probe(options.address)
+    if address != "auto":
+        _probe(address)
     outcome: list[BaseException | None] = []
 
     def connect() -> None:
         try:
-            ray.init(address=options.address, **common)
+            ray.init(address=address, **common)
             outcome.append(None)
         except BaseException as err:  # noqa: BLE001 - reported below, on the main thread
             outcome.append(err)
@@ -286,14 +295,14 @@ def _start_ray(options: SweepOptions) -> None:
     thread.join(INIT_TIMEOUT)
     if not outcome:
         raise SweepClusterError(
-            f"the Ray cluster at {options.address} did not answer within {INIT_TIMEOUT:.0f} s; "
+            f"the Ray cluster at {address} did not answer within {INIT_TIMEOUT:.0f} s; "
             "check the address (ray status on the head node), or omit --address to use this "
             "machine"
         )
     if outcome[0] is not None:
         reason = str(outcome[0]).splitlines()[0] if str(outcome[0]) else type(outcome[0]).__name__
         raise SweepClusterError(
-            f"cannot connect to the Ray cluster at {options.address} ({reason}); start it with "
+            f"cannot connect to the Ray cluster at {address} ({reason}); start it with "
             "ray start --head, or omit --address to use this machine"
         )
 
