@@ -327,11 +327,14 @@ def table(rows: list[dict]) -> str:
                 else ""
             )
             published = PUBLISHED.get(algorithm, {}).get(t)
+            published_text = "" if published is None else f"{published:.2f}"
+            if algorithm == "dagger":
+                published_text = "about 1.0"  # imitation gives DAgger as about 1.0 on every task
             lines.append(
                 f"| {algorithm} | {t} | {len(cells)} | {statistics.mean(ratios):.2f} "
                 f"({' / '.join(f'{x:.2f}' for x in ratios)}) | "
                 f"{_interval(ratios, (algorithm, t))} | "
-                f"{'' if published is None else f'{published:.2f}'} | "
+                f"{published_text} | "
                 f"{statistics.mean(c['process_seconds'] for c in cells):.0f} | {reach_text} |"
             )
     dates = sorted({r["date"] for r in rows})
