@@ -27,12 +27,13 @@ Examples::
 
     python benchmarks/mujoco.py --tasks hopper halfcheetah --stages expert demos
     python benchmarks/mujoco.py --algorithms bc gail --seeds 0 1 2 --hours 3
-    python benchmarks/mujoco.py --table --write     # regenerate the RESULTS.md section
+    python benchmarks/mujoco.py --table --write     # the RESULTS.md section, analysis, curves
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -41,8 +42,15 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_recipes import final_metrics, load_results, write_table  # noqa: E402
+# This file's name is the simulator's: its directory must not shadow the `mujoco` package
+# (torchrl looks it up on import), so run_recipes is loaded by path.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+_spec = importlib.util.spec_from_file_location("run_recipes", _HERE / "run_recipes.py")
+_run_recipes = sys.modules["run_recipes"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_run_recipes)
+final_metrics, load_results = _run_recipes.final_metrics, _run_recipes.load_results
+write_table = _run_recipes.write_table
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {
@@ -169,6 +177,7 @@ def run_demonstrations(task: str, data_dir: Path, expert: dict) -> dict:
         "random_return_std": random_stats["return_std"],
         "random_episodes": int(random_stats["n_traj"]),
     }
+    store_reference_returns(out, scores, policy)
     tmp = out / "scores.json.tmp"
     tmp.write_text(json.dumps(scores, indent=2) + "\n")
     os.replace(tmp, out / "scores.json")
@@ -176,6 +185,25 @@ def run_demonstrations(task: str, data_dir: Path, expert: dict) -> dict:
         "demo_episodes": int(demos["n_traj"]),
         "demo_return_mean": demos["return_mean"],
     }
+
+
+def store_reference_returns(dataset: Path, scores: dict, expert: str) -> None:
+    """The random policy's and the expert's returns in the dataset's metadata.
+
+    A fit that learns from the dataset then tags its run with them, and ``tdimitation
+    analyze`` reports normalised scores (random 0, expert 1) beside the ratios.
+    """
+    from tdimitation.data.reference import EXPERT_RETURN, RANDOM_EPISODES, RANDOM_RETURN
+    from tdimitation.data.storage import load_trajectories, save_trajectories
+
+    demos = load_trajectories(dataset)
+    metadata = {
+        "expert": expert,
+        EXPERT_RETURN: scores["expert_return_mean"],
+        RANDOM_RETURN: scores["random_return_mean"],
+        RANDOM_EPISODES: scores["random_episodes"],
+    }
+    save_trajectories(dataset, demos, env_id=scores["env_id"], metadata=metadata)
 
 
 def frames_to_reach(data_dir: Path, run_name: str, target: float) -> int | None:
@@ -375,6 +403,15 @@ def main() -> None:
     print(text)
     if args.write:
         write_table("mujoco", text)
+        analyze(args.data_dir, ROOT / "benchmarks" / "results" / "mujoco_analysis")
+
+
+def analyze(data_dir: Path, out: Path) -> None:
+    """``tdimitation analyze`` of every run: per recipe and task, IQM and CIs of the final
+    and normalised returns, and the learning curves (PNG) with their 95 % bands."""
+    command = _cli("analyze", "--data-dir", str(data_dir), "--experiment", EXPERIMENT)
+    _run(command + ["--group-by", "recipe", "--out", str(out)], "tdimitation analyze")
+    print(f"analysis and learning curves in {out}")
 
 
 if __name__ == "__main__":
