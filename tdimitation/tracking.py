@@ -96,11 +96,17 @@ def tracking_logger_class() -> type:
       a value that differs is recorded as the tag ``tdimitation.resumed.<key>``.
     * ``last_step`` is the largest step metrics were logged at (None before any), so
       metrics logged after training can be placed at the end of the curves.
+    * The notes MLflow and Lightning log when a store or an experiment is first created
+      are dropped: a new store or experiment is the normal start of a run, not news.
 
     Built on first use, so importing this module imports neither Lightning nor MLflow.
     """
+    import logging
     import re
     import time
+
+    logging.getLogger("mlflow.store.db.utils").addFilter(_drop_creation_notes)
+    logging.getLogger("lightning.pytorch.loggers.mlflow").addFilter(_drop_creation_notes)
 
     from lightning.pytorch.loggers import MLFlowLogger
     from lightning.pytorch.utilities import rank_zero_only
@@ -164,6 +170,15 @@ def tracking_logger_class() -> type:
             super().finalize(status)
 
     return TrackingLogger
+
+
+def _drop_creation_notes(record) -> bool:
+    """A logging filter: False for the notes of a store or experiment being created."""
+    message = record.getMessage()
+    return not (
+        message.startswith(("Creating initial MLflow database tables", "Updating database"))
+        or (message.startswith("Experiment with name ") and message.endswith("Creating it."))
+    )
 
 
 def _flatten(params: dict, parent: str = "") -> dict:

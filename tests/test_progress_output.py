@@ -111,6 +111,9 @@ def test_bc_bar_counts_batches_with_loss_and_no_lightning_banners(tmp_path):
     assert "epoch=1," in bars[-1] or bars[-1].endswith("epoch=1]")
     for banner in ("GPU available", "TPU available", "Tip:"):
         assert banner not in text
+    # A new store and experiment are the normal start of a run: no notes about them.
+    for note in ("Creating initial MLflow database tables", "not found. Creating it"):
+        assert note not in text
 
 
 def test_ppo_bar_in_frames_output_above_it_and_resumed_from_done(tmp_path):
