@@ -194,14 +194,20 @@ class BudgetProgressBar(TQDMProgressBar):
         """The training bar of a module without a budget (Lightning's, on stderr)."""
         return Tqdm(
             desc=self.train_description,
-            position=2 * self.process_position,
-            disable=self.is_disabled,
-            leave=True,
-            dynamic_ncols=True,
-            file=sys.stderr,
-            smoothing=0,
             bar_format=TQDMProgressBar.BAR_FORMAT,
+            **self._bar_options(),
         )
+
+    def _bar_options(self) -> dict:
+        """What both kinds of training bar share: stderr, one line, no smoothing."""
+        return {
+            "position": 2 * self.process_position,
+            "disable": self.is_disabled,
+            "leave": True,
+            "dynamic_ncols": True,
+            "file": sys.stderr,
+            "smoothing": 0,
+        }
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not hasattr(pl_module, "training_budget"):
@@ -215,13 +221,8 @@ class BudgetProgressBar(TQDMProgressBar):
                 total=budget.total,
                 initial=budget.done,
                 unit=budget.unit,
-                position=2 * self.process_position,
-                disable=self.is_disabled,
-                leave=True,
-                dynamic_ncols=True,
-                file=sys.stderr,
-                smoothing=0,
                 bar_format=self.BAR_FORMAT,
+                **self._bar_options(),
             )
             self._drawn = (budget.done, "")
             self._last_draw = time.monotonic()

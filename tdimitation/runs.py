@@ -297,7 +297,8 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
 
 
 # --------------------------------------------------------------- the command
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_run_filters(p: argparse.ArgumentParser) -> None:
+    """The options choosing runs: ``--experiment``, ``--recipe``, ``--tag`` (runs, analyze)."""
     p.add_argument(
         "--experiment",
         action="append",
@@ -314,6 +315,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="only runs with this tag value (repeatable)",
     )
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_run_filters(p)
     p.add_argument("--limit", type=int, default=50, help="newest runs shown (default: 50)")
     p.add_argument("--csv", default=None, metavar="PATH", help="also write the rows to a CSV file")
     p.add_argument(

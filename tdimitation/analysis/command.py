@@ -158,22 +158,9 @@ def _log_analysis(
 
 # --------------------------------------------------------------- the command
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--experiment",
-        action="append",
-        default=[],
-        help="only runs of this MLflow experiment (repeatable; default: all)",
-    )
-    p.add_argument(
-        "--recipe", default=None, help="only runs of this recipe file (or part of its path)"
-    )
-    p.add_argument(
-        "--tag",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="only runs with this tag value (repeatable)",
-    )
+    from tdimitation.runs import add_run_filters
+
+    add_run_filters(p)
     p.add_argument("--limit", type=int, default=10_000, help="newest runs read at most")
     p.add_argument(
         "--group-by",
