@@ -118,6 +118,10 @@ def tracking_logger_class() -> type:
             super().__init__(*args, **kwargs)
             self._pending: list = []
             self._last_flush = time.monotonic()
+            # Kept from our own arguments (MLFlowLogger keeps them in private attributes).
+            self._metric_prefix = kwargs.get("prefix", "")
+            synchronous = kwargs.get("synchronous")
+            self._batch_options = {} if synchronous is None else {"synchronous": synchronous}
 
         def log_hyperparams(self, params) -> None:
             params = dict(params if isinstance(params, dict) else vars(params))
@@ -142,8 +146,8 @@ def tracking_logger_class() -> type:
                 if isinstance(value, str):
                     continue  # MLflow metrics are numbers (Lightning discards these too)
                 # The characters MLflow accepts in metric names, as Lightning's logger.
-                if self._prefix:
-                    key = f"{self._prefix}{self.LOGGER_JOIN_CHAR}{key}"
+                if self._metric_prefix:
+                    key = f"{self._metric_prefix}{self.LOGGER_JOIN_CHAR}{key}"
                 key = re.sub("[^a-zA-Z0-9_/. -]+", "", key)
                 self._pending.append(
                     Metric(key=key, value=float(value), timestamp=timestamp_ms, step=step or 0)
@@ -160,7 +164,7 @@ def tracking_logger_class() -> type:
                 self.experiment.log_batch(
                     run_id=self.run_id,
                     metrics=pending[start : start + _MAX_BATCH],
-                    **self._log_batch_kwargs,
+                    **self._batch_options,
                 )
 
         @rank_zero_only
