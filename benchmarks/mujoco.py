@@ -122,9 +122,9 @@ def finished_run(data_dir: Path, run_name: str) -> bool:
     """Whether the benchmark's MLflow store holds a finished run of this name."""
     if not (data_dir / "mlflow.db").exists():
         return False
-    from mlflow.tracking import MlflowClient
+    from tdimitation.tracking import store_client
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{data_dir / 'mlflow.db'}")
+    client = store_client(f"sqlite:///{data_dir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
         return False
@@ -208,9 +208,9 @@ def store_reference_returns(dataset: Path, scores: dict, expert: str) -> None:
 
 def frames_to_reach(data_dir: Path, run_name: str, target: float) -> int | None:
     """Frames when the mean return of the training episodes first reached ``target``."""
-    from mlflow.tracking import MlflowClient
+    from tdimitation.tracking import store_client
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{data_dir / 'mlflow.db'}")
+    client = store_client(f"sqlite:///{data_dir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(EXPERIMENT)
     run = client.search_runs(
         [experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name}'"
@@ -247,6 +247,16 @@ def run_cell(algorithm: str, task: str, seed: int, data_dir: Path, expert: dict)
     return row
 
 
+def on_disk(step: tuple, data_dir: Path) -> bool:
+    """Whether what a step leaves for later steps is in this data directory."""
+    stage, task = step[0], step[1]
+    if stage == "expert":
+        return expert_checkpoint(data_dir, task).exists()
+    if stage == "demos":
+        return (demonstrations_dir(data_dir, task) / "scores.json").exists()
+    return True
+
+
 def _key(row: dict) -> tuple:
     return row["stage"], row["task"], row.get("algorithm"), row.get("seed")
 
@@ -267,7 +277,9 @@ def run_all(args: argparse.Namespace) -> None:
             plan.append(("demos", task, None, None))
         if "cells" in args.stages:
             plan += [("cell", task, a, s) for a in args.algorithms for s in args.seeds]
-    todo = [p for p in plan if p not in done]
+    # An expert or demonstrations recorded by another machine's sitting are made again
+    # here (a fresh clone has no data directory); cells are never repeated.
+    todo = [p for p in plan if p not in done or not on_disk(p, args.data_dir)]
     print(f"{len(todo)} steps to do ({len(plan) - len(todo)} already done)", flush=True)
     started = time.perf_counter()
     for i, (stage, task, algorithm, seed) in enumerate(todo):
@@ -275,12 +287,13 @@ def run_all(args: argparse.Namespace) -> None:
             print(f"--hours {args.hours} reached: {len(todo) - i} steps left for later")
             break
         expert = done.get(("expert", task, None, None))
-        if stage != "expert" and expert is None:
-            print(f"skip {stage} {task}: no expert yet (run --stages expert)")
+        if stage != "expert" and not on_disk(("expert", task, None, None), args.data_dir):
+            print(f"skip {stage} {task}: no expert here yet (run --stages expert)")
             continue
-        if stage == "cell" and ("demos", task, None, None) not in done:
-            print(f"skip {algorithm} {task}: no demonstrations yet (run --stages demos)")
+        if stage == "cell" and not on_disk(("demos", task, None, None), args.data_dir):
+            print(f"skip {algorithm} {task}: no demonstrations here yet (run --stages demos)")
             continue
+        recorded = done.get((stage, task, algorithm, seed))
         if stage == "expert":
             result = run_expert(task, args.data_dir)
         elif stage == "demos":
@@ -291,6 +304,14 @@ def run_all(args: argparse.Namespace) -> None:
         row |= result | {"date": time.strftime("%Y-%m-%d")}
         _append(args.results, row)
         done[_key(row)] = row
+        if recorded is not None:  # made again: does the same seed give the same result?
+            key = "return_mean" if "return_mean" in row else "demo_return_mean"
+            same = recorded[key] == row[key]
+            print(
+                f"{stage} {task} made again: {key} {row[key]!r}, "
+                f"{'the same as' if same else 'DIFFERENT from'} the recorded {recorded[key]!r}",
+                flush=True,
+            )
         elapsed = time.perf_counter() - started
         eta = elapsed / (i + 1) * (len(todo) - i - 1)
         what = " ".join(str(x) for x in (stage, task, algorithm, seed) if x is not None)

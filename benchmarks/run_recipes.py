@@ -121,9 +121,9 @@ def load_results(path: Path) -> list[dict]:
 
 def final_metrics(data_dir: Path, experiment: str, run_name: str) -> dict[str, float]:
     """The metrics the fit logged to its MLflow store (last value of each)."""
-    from mlflow.tracking import MlflowClient
+    from tdimitation.tracking import store_client
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{data_dir / 'mlflow.db'}")
+    client = store_client(f"sqlite:///{data_dir / 'mlflow.db'}")
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise RuntimeError(f"no MLflow experiment {experiment!r} in {data_dir}")

@@ -105,11 +105,9 @@ def process_tags() -> dict[str, str]:
 # ---------------------------------------------------------------------- store
 def open_client(data_dir_path: str | os.PathLike | None = None):
     """An ``MlflowClient`` on the default store (see :mod:`tdimitation.tracking`)."""
-    from mlflow import MlflowClient
+    from tdimitation.tracking import store_client, tracking_uri
 
-    from tdimitation.tracking import tracking_uri
-
-    return MlflowClient(tracking_uri(data_dir_path))
+    return store_client(tracking_uri(data_dir_path))
 
 
 def _all_experiment_ids(client) -> list[str]:

@@ -37,6 +37,35 @@ def tracking_uri(data_dir_path: str | os.PathLike | None = None) -> str:
     return f"sqlite:///{data_dir(data_dir_path) / 'mlflow.db'}"
 
 
+def store_client(uri: str):
+    """An ``MlflowClient`` on ``uri``, its store created safely when processes race.
+
+    MLflow builds a new sqlite store by running its schema migrations; two processes doing
+    that at once (two fits started together on a new data directory) make one of them
+    fail. The first connection of a process to a sqlite store is therefore made under an
+    exclusive lock on ``<store>.lock``; MLflow keeps the connected store for the process.
+    """
+    from mlflow import MlflowClient
+
+    if uri.startswith("sqlite:///") and uri not in _connected_stores:
+        import fcntl
+
+        lock_path = Path(uri[len("sqlite:///") :]).with_suffix(".db.lock")
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                client = MlflowClient(uri)
+                client.search_experiments(max_results=1)  # connects: creates or upgrades
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        _connected_stores.add(uri)
+        return client
+    return MlflowClient(uri)
+
+
+_connected_stores: set[str] = set()
+
+
 def make_mlflow_logger(
     experiment_name: str = DEFAULT_EXPERIMENT,
     run_name: str | None = None,
@@ -63,6 +92,7 @@ def make_mlflow_logger(
     logs after every training batch.
     """
     resolved = uri or tracking_uri(data_dir_path)
+    store_client(resolved)  # the logger's own client then finds the store made
     artifact_location = None
     if resolved.startswith("sqlite:///"):
         # Keep artifacts beside the database rather than in ./mlruns of the cwd.

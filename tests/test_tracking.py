@@ -27,3 +27,40 @@ def test_env_var_overrides_at_call_time(tmp_path, monkeypatch):
     logger.log_metrics({"x": 1.0})
     logger.finalize("success")
     assert (tmp_path / "other.db").is_file() and not (tmp_path / "mlflow.db").exists()
+
+
+_RACE_SCRIPT = """
+import sys, time
+from pathlib import Path
+import mlflow  # imported before the signal, so the workers connect together
+from tdimitation.tracking import store_client
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.005)
+client = store_client(sys.argv[1])
+client.create_experiment(sys.argv[3])
+"""
+
+
+def test_processes_creating_one_new_store_at_once_all_succeed(tmp_path):
+    """Two fits started together on a new data directory both get the store."""
+    import subprocess
+    import sys
+    import time
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    go = tmp_path / "go"
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACE_SCRIPT, uri, str(go), f"exp{i}"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    time.sleep(8)  # every worker has imported what it needs and waits for the signal
+    go.touch()
+    errors = [w.communicate(timeout=120)[1] for w in workers]
+    assert [w.returncode for w in workers] == [0] * 4, "\n".join(errors)
+    names = {e.name for e in MlflowClient(uri).search_experiments()}
+    assert {f"exp{i}" for i in range(4)} <= names

@@ -47,16 +47,15 @@ def open_parent_run(
 ) -> ParentRun:
     """Start the sweep's MLflow run, or reopen it when resuming; write ``sweep.json``."""
     import yaml
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     from tdimitation.runs import process_tags
-    from tdimitation.tracking import make_mlflow_logger
+    from tdimitation.tracking import make_mlflow_logger, store_client
     from tdimitation.utils import atomic_path
 
     if resuming:
         saved = json.loads((sweep_dir / SWEEP_FILE).read_text())
-        client = MlflowClient(uri)
+        client = store_client(uri)
         try:
             client.get_run(saved["run_id"])
         except MlflowException:

@@ -432,9 +432,9 @@ def _search_config(options: SweepOptions, params: list[Parameter]):
 
 def _close_stopped_runs(grid, settings: TrialSettings) -> None:
     """Mark the MLflow runs of trials ASHA stopped early (their process was ended)."""
-    from mlflow import MlflowClient
+    from tdimitation.tracking import store_client
 
-    client = MlflowClient(settings.tracking_uri)
+    client = store_client(settings.tracking_uri)
     for result in grid:
         run_id = (result.metrics or {}).get(RUN_ID)
         if result.error is None and run_id and not result.metrics.get(FINAL):

@@ -119,9 +119,9 @@ def _as_option(value: Any) -> str:
 
 
 def _client(settings: TrialSettings):
-    from mlflow import MlflowClient
+    from tdimitation.tracking import store_client
 
-    return MlflowClient(settings.tracking_uri)
+    return store_client(settings.tracking_uri)
 
 
 def _final_metric(settings: TrialSettings, run_id: str) -> float:
