@@ -15,7 +15,9 @@ defines them) the pipeline is, each step a whole ``tdimitation`` process as a us
 Every finished step appends one JSON line to ``--results`` (default
 ``benchmarks/results/mujoco.jsonl``, committed), and a step already there is never run
 again, so the table can be produced across several sittings. A step stopped half-way
-resumes from its newest checkpoint. ``--hours H`` starts no step after H hours.
+resumes from its newest checkpoint. When a recipe changes, its recorded cells are moved
+to ``mujoco_superseded.jsonl`` beside the results, with the reason. ``--hours H`` starts
+no step after H hours.
 
 The table gives, per algorithm and task, the ratio of imitation return to expert return
 (mean over seeds, and the interquartile mean with a stratified-bootstrap 95 % CI computed
@@ -33,6 +35,8 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import importlib.util
 import json
 import os
@@ -41,6 +45,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 # This file's name is the simulator's: its directory must not shadow the `mujoco` package
 # (torchrl looks it up on import), so run_recipes is loaded by path.
@@ -74,7 +80,10 @@ PUBLISHED = {
     },
 }
 EXPERT_EPISODES, DEMO_EPISODES, RANDOM_EPISODES = 50, 60, 50
+#: Points of a run's learning curve kept in its results line (the PNGs are drawn from them).
+CURVE_POINTS = 200
 EXPERIMENT = "mujoco-benchmark"
+CURVES_DIR = ROOT / "benchmarks" / "results" / "mujoco_curves"
 
 
 def _cli(*args: str) -> list[str]:
@@ -153,6 +162,7 @@ def run_expert(task: str, data_dir: Path) -> dict:
         "frames": int(metrics["frames"]),
         "fit_seconds": metrics["time/fit_seconds"],
         "process_seconds": wall,
+        "curve": curve_record(run_curve(data_dir, f"{task}-expert")),
     }
 
 
@@ -206,21 +216,49 @@ def store_reference_returns(dataset: Path, scores: dict, expert: str) -> None:
     save_trajectories(dataset, demos, env_id=scores["env_id"], metadata=metadata)
 
 
-def frames_to_reach(data_dir: Path, run_name: str, target: float) -> int | None:
-    """Frames when the mean return of the training episodes first reached ``target``."""
+def run_curve(data_dir: Path, run_name: str) -> tuple[str, str, np.ndarray, np.ndarray] | None:
+    """A run's learning curve as ``tdimitation analyze`` draws it: metric, x-axis, points."""
+    from tdimitation.analysis.curves import run_points
+    from tdimitation.runrecord import CURVES, X_AXES
     from tdimitation.tracking import store_client
 
     client = store_client(f"sqlite:///{data_dir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(EXPERIMENT)
     run = client.search_runs(
-        [experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name}'"
+        [experiment.experiment_id],
+        filter_string=f"attributes.run_name = '{run_name}' and attributes.status = 'FINISHED'",
     )[0]
-    frames = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "frames")}
-    returns = client.get_metric_history(run.info.run_id, "episode/return")
-    for metric in sorted(returns, key=lambda m: m.step):
-        if metric.value >= target and metric.step in frames:
-            return int(frames[metric.step])
-    return None
+    histories = {
+        key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+        for key in (*CURVES, *X_AXES)
+    }
+    metric = next((key for key in CURVES if len(histories[key]) >= 2), None)
+    if metric is None:
+        return None
+    x_axis = next((key for key in X_AXES if histories[key]), "step")
+    return (metric, x_axis, *run_points(histories[metric], histories.get(x_axis, {})))
+
+
+def curve_record(curve: tuple[str, str, np.ndarray, np.ndarray] | None) -> dict | None:
+    """The curve thinned to :data:`CURVE_POINTS` evenly spaced points, for a results line."""
+    if curve is None:
+        return None
+    metric, x_axis, xs, ys = curve
+    keep = np.unique(np.linspace(0, len(xs) - 1, min(len(xs), CURVE_POINTS)).round().astype(int))
+    return {
+        "metric": metric,
+        "x_axis": x_axis,
+        "x": [float(x) for x in xs[keep]],
+        "y": [round(float(y), 3) for y in ys[keep]],
+    }
+
+
+def frames_to_reach(curve: tuple[str, str, np.ndarray, np.ndarray] | None, target: float):
+    """Frames when the mean return of the training episodes first reached ``target``."""
+    if curve is None or curve[:2] != ("episode/return", "frames"):
+        return None
+    reached = np.flatnonzero(curve[3] >= target)
+    return int(curve[2][reached[0]]) if reached.size else None
 
 
 def run_cell(algorithm: str, task: str, seed: int, data_dir: Path, expert: dict) -> dict:
@@ -240,11 +278,10 @@ def run_cell(algorithm: str, task: str, seed: int, data_dir: Path, expert: dict)
         "fit_seconds": metrics["time/fit_seconds"],
         "process_seconds": wall,
     }
+    curve = run_curve(data_dir, run_name)
     if algorithm in ("gail", "airl"):
-        row["frames_to_0.9_expert"] = frames_to_reach(
-            data_dir, run_name, 0.9 * expert["return_mean"]
-        )
-    return row
+        row["frames_to_0.9_expert"] = frames_to_reach(curve, 0.9 * expert["return_mean"])
+    return row | {"curve": curve_record(curve)}
 
 
 def on_disk(step: tuple, data_dir: Path) -> bool:
@@ -261,9 +298,41 @@ def _key(row: dict) -> tuple:
     return row["stage"], row["task"], row.get("algorithm"), row.get("seed")
 
 
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Hold the results file's lock: sittings running side by side append to one file."""
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _append(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
+    with _locked(path), open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def backfill_curves(results: Path, data_dir: Path) -> int:
+    """Record the curves of results lines that lack one and whose run is in this store."""
+    with _locked(results):
+        rows, filled = load_results(results), 0
+        for row in rows:
+            if "curve" in row or row["stage"] not in ("expert", "cell"):
+                continue
+            name = (
+                f"{row['task']}-expert"
+                if row["stage"] == "expert"
+                else f"{row['algorithm']}-{row['task']}-seed{row['seed']}"
+            )
+            if finished_run(data_dir, name):
+                row["curve"], filled = curve_record(run_curve(data_dir, name)), filled + 1
+        if filled:
+            tmp = results.with_name(results.name + ".tmp")
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+            os.replace(tmp, results)
+    return filled
 
 
 def run_all(args: argparse.Namespace) -> None:
@@ -352,10 +421,9 @@ def table(rows: list[dict]) -> str:
     lines += [
         "",
         "| algorithm | task | seeds | ratio mean (per seed) | IQM [95 % CI] | "
-        "imitation | cell wall s (mean) | frames to 0.9 expert |",
-        "|---|" * 8,
+        "imitation | normalised IQM [95 % CI] | cell wall s (mean) | frames to 0.9 expert |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    lines[-1] = "|---|---|---|---|---|---|---|---|"
     for algorithm in ALGORITHMS:
         for t in tasks:
             cells = sorted(
@@ -369,6 +437,9 @@ def table(rows: list[dict]) -> str:
             if not cells:
                 continue
             ratios = [c["ratio"] for c in cells]
+            # Normalised score: the random policy's return 0, the expert's 1.
+            expert, floor = experts[t]["return_mean"], demos[t]["random_return_mean"]
+            normalised = [(c["return_mean"] - floor) / (expert - floor) for c in cells]
             reach = [c.get("frames_to_0.9_expert") for c in cells]
             reach_text = (
                 " / ".join("never" if f is None else f"{f:,}" for f in reach)
@@ -383,7 +454,7 @@ def table(rows: list[dict]) -> str:
                 f"| {algorithm} | {t} | {len(cells)} | {statistics.mean(ratios):.2f} "
                 f"({' / '.join(f'{x:.2f}' for x in ratios)}) | "
                 f"{_interval(ratios, (algorithm, t))} | "
-                f"{published_text} | "
+                f"{published_text} | {_interval(normalised, ('normalised', algorithm, t))} | "
                 f"{statistics.mean(c['process_seconds'] for c in cells):.0f} | {reach_text} |"
             )
     dates = sorted({r["date"] for r in rows})
@@ -414,7 +485,17 @@ def main() -> None:
         "--results", type=Path, default=ROOT / "benchmarks" / "results" / "mujoco.jsonl"
     )
     parser.add_argument("--table", action="store_true", help="print the table only")
-    parser.add_argument("--write", action="store_true", help="regenerate the RESULTS.md section")
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="regenerate the RESULTS.md section and the learning curves (from --results)",
+    )
+    parser.add_argument(
+        "--analyze",
+        type=Path,
+        metavar="DIR",
+        help="also run tdimitation analyze on this data directory's store, into DIR",
+    )
     args = parser.parse_args()
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.data_dir = args.data_dir.resolve()
@@ -423,16 +504,44 @@ def main() -> None:
     text = table(load_results(args.results))
     print(text)
     if args.write:
+        filled = backfill_curves(args.results, args.data_dir)
+        print(f"curves recorded for {filled} earlier results lines from this store")
+        text = table(load_results(args.results))
         write_table("mujoco", text)
-        analyze(args.data_dir, ROOT / "benchmarks" / "results" / "mujoco_analysis")
+        for path in plot_learning_curves(load_results(args.results), CURVES_DIR):
+            print(f"learning curves: {path.relative_to(ROOT)}")
+    if args.analyze:
+        analyze(args.data_dir, args.analyze)
+
+
+def plot_learning_curves(rows: list[dict], out: Path) -> list[Path]:
+    """Per task, the expert's, GAIL's and AIRL's return against frames (IQM across seeds
+    with its 95 % band, as ``tdimitation analyze`` draws them), from the recorded curves."""
+    from tdimitation.analysis.curves import CURVE_REPS, curve_across_runs, plot_curves
+
+    runs: dict[tuple[str, str, str, str], list] = {}
+    latest = {_key(row): row for row in rows}  # an expert made again is drawn once
+    for row in latest.values():
+        curve = row.get("curve")
+        if curve is None or curve["x_axis"] != "frames":  # BC and DAgger count no frames
+            continue
+        group = "ppo expert" if row["stage"] == "expert" else row["algorithm"]
+        key = (TASKS[row["task"]], group, curve["metric"], curve["x_axis"])
+        runs.setdefault(key, []).append((np.array(curve["x"]), np.array(curve["y"])))
+    curves = [
+        curve_across_runs(group, env, metric, x_axis, points, seed=0, reps=CURVE_REPS)
+        for (env, group, metric, x_axis), points in sorted(runs.items())
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    return plot_curves([c for c in curves if c is not None], out)
 
 
 def analyze(data_dir: Path, out: Path) -> None:
-    """``tdimitation analyze`` of every run: per recipe and task, IQM and CIs of the final
-    and normalised returns, and the learning curves (PNG) with their 95 % bands."""
+    """``tdimitation analyze`` of the runs in this data directory's store: per recipe and
+    task, IQM and CIs of the final and normalised returns, and their learning curves."""
     command = _cli("analyze", "--data-dir", str(data_dir), "--experiment", EXPERIMENT)
     _run(command + ["--group-by", "recipe", "--out", str(out)], "tdimitation analyze")
-    print(f"analysis and learning curves in {out}")
+    print(f"analysis of this store's runs in {out}")
 
 
 if __name__ == "__main__":

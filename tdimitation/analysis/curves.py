@@ -55,6 +55,46 @@ def _shared(
     return next((k for k in keys if all(len(h.get(k, {})) >= points for h in histories)), None)
 
 
+def run_points(history: dict[int, float], x_at: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
+    """A run's curve as sorted ``(x, value)`` arrays from its metric and x-axis histories.
+
+    Several values at one x (an evaluation at the step of the last training round): the
+    later one.
+    """
+    points: dict[float, float] = {}
+    for step in sorted(history):
+        points[float(x_at.get(step, step))] = history[step]
+    xs = np.array(sorted(points))
+    return xs, np.array([points[x] for x in xs])
+
+
+def curve_across_runs(
+    group: str,
+    env: str,
+    metric: str,
+    x_axis: str,
+    runs: Sequence[tuple[np.ndarray, np.ndarray]],
+    seed: int,
+    reps: int,
+) -> Curve | None:
+    """The IQM curve and 95 % band of runs given as ``(x, value)`` arrays.
+
+    None when the runs share no range of x or one has fewer than two points.
+    """
+    if any(len(xs) < 2 for xs, _ in runs):
+        return None
+    start = max(xs[0] for xs, _ in runs)
+    stop = min(xs[-1] for xs, _ in runs)
+    if not stop > start:
+        return None
+    grid = np.linspace(start, stop, GRID_POINTS)
+    values = np.stack([np.interp(grid, xs, ys) for xs, ys in runs])[:, None, :]
+    point, (low, high) = interval_estimate(
+        values, iqm, rng_for(seed, "curve", group, env), min(reps, CURVE_REPS)
+    )
+    return Curve(group, env, metric, x_axis, len(runs), grid, point, low, high)
+
+
 def group_curve(
     client, group: str, env: str, runs: Sequence[RunScore], seed: int, reps: int
 ) -> Curve | None:
@@ -64,28 +104,8 @@ def group_curve(
     if metric is None:
         return None
     x_axis = _shared(histories, X_AXES, 1) or "step"
-    curves = []
-    for history in histories:
-        x_at = history.get(x_axis, {})
-        points: dict[float, float] = {}
-        for step in sorted(history[metric]):
-            # Several values at one x (an evaluation at the step of the last training
-            # round): the later one.
-            points[float(x_at.get(step, step))] = history[metric][step]
-        if len(points) < 2:
-            return None
-        xs = np.array(sorted(points))
-        curves.append((xs, np.array([points[x] for x in xs])))
-    start = max(xs[0] for xs, _ in curves)
-    stop = min(xs[-1] for xs, _ in curves)
-    if not stop > start:
-        return None
-    grid = np.linspace(start, stop, GRID_POINTS)
-    values = np.stack([np.interp(grid, xs, ys) for xs, ys in curves])[:, None, :]
-    point, (low, high) = interval_estimate(
-        values, iqm, rng_for(seed, "curve", group, env), min(reps, CURVE_REPS)
-    )
-    return Curve(group, env, metric, x_axis, len(runs), grid, point, low, high)
+    points = [run_points(h[metric], h.get(x_axis, {})) for h in histories]
+    return curve_across_runs(group, env, metric, x_axis, points, seed, reps)
 
 
 def learning_curves(
@@ -137,4 +157,13 @@ def plot_curves(curves: Sequence[Curve], directory: str | Path) -> list[Path]:
     return paths
 
 
-__all__ = ["CURVE_REPS", "GRID_POINTS", "Curve", "group_curve", "learning_curves", "plot_curves"]
+__all__ = [
+    "CURVE_REPS",
+    "GRID_POINTS",
+    "Curve",
+    "curve_across_runs",
+    "group_curve",
+    "learning_curves",
+    "plot_curves",
+    "run_points",
+]

@@ -1,0 +1,81 @@
+"""The MuJoCo benchmark's bookkeeping: curves recorded from a real run, table, PNGs.
+
+The benchmark's own fits take hours; here a short GAIL fit on fixed-horizon CartPole
+(a real ``tdimitation fit`` process and MLflow store) stands in for a cell.
+"""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("mujoco_benchmark", ROOT / "benchmarks/mujoco.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_curve_is_recorded_from_the_store_and_drawn_from_the_results(tmp_path):
+    bench = _benchmark()
+    command = [sys.executable, "-m", "tdimitation.cli", "fit"]
+    command += ["--config", str(ROOT / "recipes/gail/cartpole_fixed.yaml")]
+    command += ["--run.data_dir", str(tmp_path), "--run.experiment", bench.EXPERIMENT]
+    command += ["--run.name", "gail-halfcheetah-seed0", "--run.video", "false"]
+    command += ["--model.init_args.total_frames", "16384", "--run.eval_episodes", "2"]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+
+    metric, x_axis, xs, ys = bench.run_curve(tmp_path, "gail-halfcheetah-seed0")
+    assert (metric, x_axis) == ("episode/return", "frames")
+    assert len(xs) == 4 and xs[-1] == 16384 and np.all(np.diff(xs) > 0)  # 4 rounds of 4,096
+    record = bench.curve_record((metric, x_axis, xs, ys))
+    assert record["x"] == [float(x) for x in xs] and len(record["y"]) == 4
+    long = (metric, x_axis, np.arange(1000.0), np.arange(1000.0))
+    thinned = bench.curve_record(long)
+    assert len(thinned["x"]) == bench.CURVE_POINTS and thinned["x"][-1] == 999.0
+    assert bench.frames_to_reach(long, 500.5) == 501
+    assert bench.frames_to_reach(long, 1e9) is None
+    assert bench.frames_to_reach(("eval/return_mean", "bc/epoch", xs, ys), -1e9) is None
+
+    rows = [
+        {
+            "stage": "expert",
+            "task": "halfcheetah",
+            "return_mean": 100.0,
+            "return_std": 1.0,
+            "episodes": 50,
+            "frames": 16384,
+            "fit_seconds": 1.0,
+            "date": "d",
+            "curve": record,
+        },
+        {"stage": "demos", "task": "halfcheetah", "random_return_mean": -100.0, "date": "d"},
+    ]
+    for seed, shift in enumerate((0.0, 10.0, -5.0)):
+        curve = dict(record, y=[y + shift for y in record["y"]])
+        rows.append(
+            {
+                "stage": "cell",
+                "task": "halfcheetah",
+                "algorithm": "gail",
+                "seed": seed,
+                "return_mean": 90.0 + shift,
+                "ratio": (90.0 + shift) / 100.0,
+                "process_seconds": 5.0,
+                "frames_to_0.9_expert": None,
+                "date": "d",
+                "curve": curve,
+            }
+        )
+    text = bench.table(rows)
+    line = next(s for s in text.splitlines() if s.startswith("| gail | halfcheetah | 3 |"))
+    assert "| 0.92 (0.90 / 1.00 / 0.85) |" in line
+    assert "| 0.96 [" in line  # normalised (R + 100) / 200: 0.95, 1.0, 0.925; 3 seeds' IQM
+    paths = bench.plot_learning_curves(rows, tmp_path / "curves")
+    assert [p.name for p in paths] == ["learning_curve_tdimitation-HalfCheetahFixed-v5.png"]
+    assert paths[0].stat().st_size > 10_000
