@@ -47,6 +47,7 @@ def store_client(uri: str):
     """
     from mlflow import MlflowClient
 
+    _quiet_creation_notes()
     if uri.startswith("sqlite:///") and uri not in _connected_stores:
         import fcntl
 
@@ -131,12 +132,10 @@ def tracking_logger_class() -> type:
 
     Built on first use, so importing this module imports neither Lightning nor MLflow.
     """
-    import logging
     import re
     import time
 
-    logging.getLogger("mlflow.store.db.utils").addFilter(_drop_creation_notes)
-    logging.getLogger("lightning.pytorch.loggers.mlflow").addFilter(_drop_creation_notes)
+    _quiet_creation_notes()
 
     from lightning.pytorch.loggers import MLFlowLogger
     from lightning.pytorch.utilities import rank_zero_only
@@ -204,6 +203,14 @@ def tracking_logger_class() -> type:
             super().finalize(status)
 
     return TrackingLogger
+
+
+def _quiet_creation_notes() -> None:
+    """Drop the notes MLflow and Lightning log when a store or experiment is created."""
+    import logging
+
+    logging.getLogger("mlflow.store.db.utils").addFilter(_drop_creation_notes)
+    logging.getLogger("lightning.pytorch.loggers.mlflow").addFilter(_drop_creation_notes)
 
 
 def _drop_creation_notes(record) -> bool:
