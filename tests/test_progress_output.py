@@ -195,3 +195,55 @@ def test_help_imports_no_torch():
     )
     assert "usage: tdimitation" in out.stdout
     assert out.stdout.strip().splitlines()[-1] == "False False"
+
+
+_COLLECT = """
+import sys
+from tdimitation.algorithms import DemonstrationData
+data = DemonstrationData("CartPole-v1", expert="scripted:cartpole", n_episodes=8,
+                         cache_dir=sys.argv[1])
+data.prepare_data()
+"""
+
+
+def _stderr_in_terminal(command: list[str], env: dict[str, str]) -> str:
+    """What the command writes to stderr when stderr is a terminal (a pseudo-terminal)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    # A terminal 120 columns wide (a new pseudo-terminal has none, and tqdm draws nothing).
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    with subprocess.Popen(command, cwd=ROOT, env=env, stderr=follower) as process:
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the follower side is closed: the process has exited
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    os.close(leader)
+    assert process.returncode == 0, b"".join(chunks).decode(errors="replace")
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_collecting_demonstrations_shows_progress_in_a_terminal(tmp_path):
+    command = [sys.executable, "-c", _COLLECT, str(tmp_path / "cache")]
+    shown = _stderr_in_terminal(command, _env())
+    assert re.search(r"expert demonstrations: 100%.*\b8/8 \[", shown), shown[-500:]
+    assert re.search(r"random policy: 100%.*\b8/8 \[", shown), shown[-500:]
+    # Not in a terminal (a log file, CI): no bars.
+    quiet = subprocess.run(
+        command[:-1] + [str(tmp_path / "cache2")],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "expert demonstrations" not in quiet.stderr and "random policy" not in quiet.stderr

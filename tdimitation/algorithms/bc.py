@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -111,8 +112,18 @@ class DemonstrationData(L.LightningDataModule):
         )
         try:
             expert = policy_from_string(self.expert, env=env)
-            demos = rollout(expert, env, min_episodes=self.n_episodes, deterministic=True)
-            references = measure_reference_returns(demos, env, self.n_episodes, self.seed)
+            # Bars only where someone watches (a terminal), as the fit's own bar.
+            watched = sys.stderr.isatty()
+            demos = rollout(
+                expert,
+                env,
+                min_episodes=self.n_episodes,
+                deterministic=True,
+                progress="expert demonstrations" if watched else False,
+            )
+            references = measure_reference_returns(
+                demos, env, self.n_episodes, self.seed, progress=watched
+            )
         finally:
             env.close()
         save_trajectories(

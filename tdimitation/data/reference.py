@@ -25,7 +25,7 @@ RANDOM_EPISODES = "random_episodes"
 
 
 def measure_reference_returns(
-    demonstrations: TensorDictBase, env, n_episodes: int, seed: int
+    demonstrations: TensorDictBase, env, n_episodes: int, seed: int, progress: bool = False
 ) -> dict[str, float | int]:
     """The expert's mean return (over ``demonstrations``) and a random policy's on ``env``.
 
@@ -35,6 +35,7 @@ def measure_reference_returns(
             and env options included, so both returns are of the same task).
         n_episodes: episodes of the random policy (at least).
         seed: seed of the random policy's action draws.
+        progress: show a progress bar of the random policy's episodes.
 
     Returns:
         ``{"expert_return": ..., "random_return": ..., "random_episodes": ...}``.
@@ -43,7 +44,8 @@ def measure_reference_returns(
 
     expert = rollout_stats(demonstrations)
     random_policy = policy_from_string("random", env=env, seed=seed)
-    randoms = rollout_stats(rollout(random_policy, env, min_episodes=n_episodes))
+    bar = "random policy" if progress else False
+    randoms = rollout_stats(rollout(random_policy, env, min_episodes=n_episodes, progress=bar))
     return {
         EXPERT_RETURN: float(expert["return_mean"]),
         RANDOM_RETURN: float(randoms["return_mean"]),

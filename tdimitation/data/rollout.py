@@ -47,7 +47,7 @@ def rollout(
     deterministic: bool = False,
     steps_per_batch: int | None = None,
     seed: int | None = None,
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> TensorDictBase:
     """Run ``policy`` in ``env`` and return complete episodes as a flat trajectory set.
 
@@ -67,7 +67,8 @@ def rollout(
         steps_per_batch: vector steps per collection batch (default: chosen from the
             targets; larger wastes more steps at the end, smaller costs more overhead).
         seed: reseed the env before collecting.
-        progress: show a tqdm progress bar of finished episodes.
+        progress: show a tqdm progress bar of finished episodes (a string: with this
+            description).
 
     Returns:
         A flat trajectory set (episode ids ``0..n-1``) with the collector's keys.
@@ -101,7 +102,8 @@ def rollout(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=min_episodes, unit="episode", desc="rollout")
+        description = progress if isinstance(progress, str) else "rollout"
+        bar = tqdm(total=min_episodes, unit="episode", desc=description)
     chunks: list[TensorDictBase] = []
     done_parts: list[np.ndarray] = []
     episode_parts: list[np.ndarray] = []
@@ -113,7 +115,9 @@ def rollout(
             episode_parts.append(batch.get(EPISODE).numpy())
             done = np.concatenate(done_parts, axis=1)
             if bar is not None:
-                bar.update(int(done_parts[-1].sum()))
+                finished = int(done_parts[-1].sum())
+                # Episodes running at the stop finish too: the bar stops at its total.
+                bar.update(finished if bar.total is None else min(finished, bar.total - bar.n))
             lengths = _steps_into_episode(np.concatenate(episode_parts, axis=1))
             t_star = _stop_step(done, lengths, min_episodes, min_timesteps)
             if t_star is None:
