@@ -25,9 +25,14 @@ import torch
 from tensordict import TensorDictBase
 from torch.utils.data import DataLoader
 
-from tdimitation.data.trajectory import check_matches_env, check_trajectories, episode_lengths
+from tdimitation.data.trajectory import (
+    check_matches_env,
+    check_one_horizon,
+    check_trajectories,
+    episode_lengths,
+)
 from tdimitation.envs import as_env_id
-from tdimitation.errors import HorizonError, TrajectoryError
+from tdimitation.errors import TrajectoryError
 from tdimitation.nn import RunningNorm, discounted_returns, scale_by_return_std
 from tdimitation.objectives.adversarial import AIRLDiscriminatorLoss, DiscriminatorLoss
 from tdimitation.objectives.bc import BCLoss
@@ -248,20 +253,15 @@ class AdversarialImitation(OnlineAlgorithm):
         return super().train_dataloader()
 
     def _check_horizon(self, lengths: torch.Tensor, where: str) -> None:
-        if lengths.numel() == 0:
-            return
-        seen = set(lengths.unique().tolist())
-        if self._horizon is not None:
-            seen.add(self._horizon)
-        if len(seen) > 1:
-            raise HorizonError(
-                f"episodes of different lengths {sorted(seen)[:6]} in {where}: "
-                f"{type(self).__name__}'s learned reward can then teach ending episodes early "
-                "or late regardless of the demonstrations. Use a fixed-horizon env (e.g. "
-                "tdimitation/CartPoleFixed-v1, tdimitation/LunarLanderFixed-v3, or "
-                "fixed_horizon=H) or pass allow_variable_horizon=True if you know why"
-            )
-        self._horizon = int(next(iter(seen)))
+        self._horizon = check_one_horizon(
+            lengths,
+            self._horizon,
+            where,
+            (
+                f"{type(self).__name__}'s learned reward can then teach ending episodes early or "
+                "late regardless of the demonstrations"
+            ),
+        )
 
     # --------------------------------------------------------------- training
     def generator_reward(self, tensordict: TensorDictBase) -> torch.Tensor:

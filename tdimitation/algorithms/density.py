@@ -23,9 +23,14 @@ from tdimitation.algorithms.adversarial import (
     build_component,
     finished_episode_sums,
 )
-from tdimitation.data.trajectory import check_matches_env, check_trajectories, episode_lengths
+from tdimitation.data.trajectory import (
+    check_matches_env,
+    check_one_horizon,
+    check_trajectories,
+    episode_lengths,
+)
 from tdimitation.envs import as_env_id
-from tdimitation.errors import HorizonError, TrajectoryError
+from tdimitation.errors import TrajectoryError
 from tdimitation.nn import RunningNorm
 from tdimitation.rewards import CHECKPOINT_REWARD_KEY, reward_payload
 from tdimitation.rewards.density import DensityRewardNet
@@ -188,19 +193,15 @@ class Density(OnlineAlgorithm):
         return super().train_dataloader()
 
     def _check_horizon(self, lengths: torch.Tensor, where: str) -> None:
-        if lengths.numel() == 0:
-            return
-        seen = set(lengths.unique().tolist())
-        if self._horizon is not None:
-            seen.add(self._horizon)
-        if len(seen) > 1:
-            raise HorizonError(
-                f"episodes of different lengths {sorted(seen)[:6]} in {where}: a log-density "
-                "reward can then teach ending episodes early or late regardless of the "
-                "demonstrations. Use a fixed-horizon env (e.g. tdimitation/CartPoleFixed-v1 "
-                "or fixed_horizon=H) or pass allow_variable_horizon=True if you know why"
-            )
-        self._horizon = int(next(iter(seen)))
+        self._horizon = check_one_horizon(
+            lengths,
+            self._horizon,
+            where,
+            (
+                "a log-density reward can then teach ending episodes early or late regardless "
+                "of the demonstrations"
+            ),
+        )
 
     # --------------------------------------------------------------- training
     @torch.no_grad()

@@ -30,7 +30,7 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.data import Composite
 
-from tdimitation.errors import SpaceMismatchError, TrajectoryError
+from tdimitation.errors import HorizonError, SpaceMismatchError, TrajectoryError
 
 OBS = "observation"
 ACTION = "action"
@@ -217,6 +217,26 @@ def rollout_stats(trajectories: TensorDictBase) -> dict[str, float]:
         stats.update(_summary("original_return", original))
     stats.update(_summary("len", lengths))
     return stats
+
+
+def check_one_horizon(lengths: torch.Tensor, known: int | None, where: str, why: str) -> int | None:
+    """The one episode length among ``lengths`` and the ``known`` one (None: none yet).
+
+    The variable-horizon guard of algorithms that learn a reward: episodes of different
+    lengths raise :class:`~tdimitation.errors.HorizonError`, saying ``why`` they matter
+    and naming ``where`` they were found.
+    """
+    if lengths.numel() == 0:
+        return known
+    seen = set(lengths.unique().tolist()) | ({known} - {None})
+    if len(seen) > 1:
+        raise HorizonError(
+            f"episodes of different lengths {sorted(seen)[:6]} in {where}: {why}. Use a "
+            "fixed-horizon env (e.g. tdimitation/CartPoleFixed-v1, "
+            "tdimitation/LunarLanderFixed-v3, or fixed_horizon=H) or pass "
+            "allow_variable_horizon=True if you know why"
+        )
+    return int(next(iter(seen)))
 
 
 def check_trajectories(trajectories: TensorDictBase, name: str = "trajectories") -> None:

@@ -208,8 +208,8 @@ def test_asynchronous_gatherer_keeps_unanswered_pairs_pending(pendulum_random):
     trainer().fit(module)
     # Answered: 4 of query 0; 8 of query 1 + the 4 left from 0; 8 of query 2 + 8 from 1.
     assert module.comparisons == len(module.dataset) == 32
-    assert module._pending_ids.tolist() == list(range(32, 40))
-    assert module._pending.shape[0] == 8
+    assert module.pending.ids.tolist() == list(range(32, 40))
+    assert module.pending.pairs.shape[0] == 8
 
 
 # ---------------------------------------------------------------- checkpoints

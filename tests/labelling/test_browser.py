@@ -115,4 +115,4 @@ def test_browser_labels_by_click_and_keyboard(tmp_path):
     # Four preferences reach the dataset; "can't tell" leaves its pair out; one pair waits.
     assert len(module.dataset) == module.comparisons == 4
     assert module.dataset.labels().tolist() == [1.0, 0.0, 0.5, 0.5]
-    assert len(g.open_ids) == 1 and module._pending_ids.numel() == 1
+    assert len(g.open_ids) == 1 and module.pending.ids.numel() == 1

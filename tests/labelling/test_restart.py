@@ -153,9 +153,9 @@ def test_checkpoint_keeps_pending_pairs_and_taken_answers(tmp_path):
     assert len(first.dataset) == 3
     resumed = module()
     resumed.on_load_checkpoint(checkpoint)
-    assert len(resumed.dataset) == 2 and resumed._pending_ids.tolist() == [2, 3]
+    assert len(resumed.dataset) == 2 and resumed.pending.ids.tolist() == [2, 3]
     resumed._receive_answers()
     assert resumed.dataset.labels().tolist() == [1.0, 0.0, 0.5]
-    assert resumed._pending_ids.tolist() == [3] and resumed.gatherer.open_ids == {3}
+    assert resumed.pending.ids.tolist() == [3] and resumed.gatherer.open_ids == {3}
     resumed._receive_answers()
     assert len(resumed.dataset) == 3

@@ -36,12 +36,14 @@ from tdimitation.algorithms.adversarial import (
 )
 from tdimitation.algorithms.preference.dataset import PreferenceDataset
 from tdimitation.algorithms.preference.exploration import ExplorationPolicy
-from tdimitation.algorithms.preference.fragments import (
-    ActiveSelectionFragmenter,
-    Fragmenter,
-    RandomFragmenter,
+from tdimitation.algorithms.preference.fragments import Fragmenter, make_fragmenter
+from tdimitation.algorithms.preference.gatherers import (
+    PreferenceGatherer,
+    SyntheticGatherer,
+    labeller_seed,
+    make_gatherer,
 )
-from tdimitation.algorithms.preference.gatherers import PreferenceGatherer, SyntheticGatherer
+from tdimitation.algorithms.preference.pending import PendingPairs
 from tdimitation.algorithms.preference.regularizers import make_regularizer
 from tdimitation.algorithms.preference.reward_nets import build_reward_net, check_reward_settings
 from tdimitation.algorithms.preference.schedule import agent_rounds, comparison_schedule
@@ -49,12 +51,13 @@ from tdimitation.algorithms.preference.trainers import BasicRewardTrainer, Ensem
 from tdimitation.budget import TrainingBudget
 from tdimitation.data.trajectory import (
     check_matches_env,
+    check_one_horizon,
     check_trajectories,
     episode_lengths,
     episode_returns,
 )
 from tdimitation.envs import as_env_id
-from tdimitation.errors import HorizonError, PreferenceError, TrajectoryError
+from tdimitation.errors import PreferenceError, TrajectoryError
 from tdimitation.nn import RunningNorm
 from tdimitation.objectives.preference import TRUE_REWARD, PreferenceLoss, PreferenceModel
 from tdimitation.policies.base import RandomPolicy
@@ -62,6 +65,10 @@ from tdimitation.rewards import CHECKPOINT_REWARD_KEY, reward_payload
 from tdimitation.rl.base import OnlineAlgorithm, RoundIndices, identity_collate, without_modules
 from tdimitation.utils import seeded
 
+#: Why the variable-horizon guard refuses episodes of different lengths.
+_HORIZON_MATTERS = (
+    "a learned reward can then teach ending episodes early or late whatever the preferences"
+)
 #: What a sampled round keeps for fragments and the horizon guard.
 _SAMPLE_KEYS = (
     "observation",
@@ -245,27 +252,23 @@ class PreferenceComparisons(OnlineAlgorithm):
             self.reward_net, noise_prob, discount_factor, label_threshold
         )
         self.reward_loss = PreferenceLoss(self.preference_model)
-        self.fragmenter: Fragmenter = RandomFragmenter(self.rng, fragment_warning_threshold)
-        if active_selection:
-            self.fragmenter = ActiveSelectionFragmenter(
-                self.preference_model,
-                self.fragmenter,
-                active_selection_oversampling,
-                uncertainty_on,
-            )
-        self.gatherer: PreferenceGatherer = SyntheticGatherer(
+        self.fragmenter: Fragmenter = make_fragmenter(
+            self.rng,
+            fragment_warning_threshold,
+            self.preference_model if active_selection else None,
+            active_selection_oversampling,
+            uncertainty_on,
+        )
+        self.gatherer: PreferenceGatherer = make_gatherer(
+            env_id,
+            seed,
             temperature,
             discount_factor,
             sample_labels,
-            seed=_gatherer_seed(seed) if sample_labels else None,
-            threshold=label_threshold,
+            label_threshold,
+            human_gatherer,
         )
         if human_gatherer is not None:
-            # Imported here: the labelling store needs the [label] extra.
-            from tdimitation.labelling.gatherer import HumanGatherer
-
-            options = {"env_id": env_id, "seed": _gatherer_seed(seed), **human_gatherer}
-            self.gatherer = HumanGatherer(**options)
             # Hyperparameters are logged: a database password stays out of them.
             self.hparams["human_gatherer"] = self.gatherer.loggable_options(human_gatherer)
         trainer_cls = EnsembleRewardTrainer if ensemble_size else BasicRewardTrainer
@@ -288,10 +291,8 @@ class PreferenceComparisons(OnlineAlgorithm):
         # Loop state (checkpointed): the next query, pair ids, pending pairs, sample buffer.
         self.next_query = 0
         self.comparisons = 0
-        self._next_pair_id = 0
         self._reward_trained = False
-        self._pending: TensorDictBase | None = None
-        self._pending_ids = torch.zeros(0, dtype=torch.int64)
+        self.pending = PendingPairs()
         self._sampled: list[TensorDictBase] = []
         self._sample_frames = 0
         self._horizon: int | None = None
@@ -316,7 +317,7 @@ class PreferenceComparisons(OnlineAlgorithm):
     def seed_rngs(self, seed: int) -> None:
         super().seed_rngs(seed)
         if isinstance(self.gatherer, SyntheticGatherer) and self.gatherer.rng is not None:
-            self.gatherer.rng.manual_seed(_gatherer_seed(seed))
+            self.gatherer.rng.manual_seed(labeller_seed(seed))
 
     def set_gatherer(self, gatherer: PreferenceGatherer) -> None:
         """Use another labeller (for example a human behind a web page)."""
@@ -326,17 +327,9 @@ class PreferenceComparisons(OnlineAlgorithm):
 
     # --------------------------------------------------------------------- data
     def _check_horizon(self, lengths: torch.Tensor, where: str) -> None:
-        if self.hparams.allow_variable_horizon or lengths.numel() == 0:
+        if self.hparams.allow_variable_horizon:
             return
-        seen = set(lengths.unique().tolist()) | ({self._horizon} - {None})
-        if len(seen) > 1:
-            raise HorizonError(
-                f"episodes of different lengths {sorted(seen)[:6]} in {where}: a learned "
-                "reward can then teach ending episodes early or late whatever the "
-                "preferences. Use a fixed-horizon env (e.g. tdimitation/CartPoleFixed-v1 or "
-                "fixed_horizon=H) or pass allow_variable_horizon=True if you know why"
-            )
-        self._horizon = int(next(iter(seen)))
+        self._horizon = check_one_horizon(lengths, self._horizon, where, _HORIZON_MATTERS)
 
     def set_trajectories(self, trajectories: TensorDictBase | str) -> None:
         """The fixed dataset's trajectories (checked against the env and the horizon)."""
@@ -540,11 +533,7 @@ class PreferenceComparisons(OnlineAlgorithm):
         start = time.perf_counter()
         if n_pairs > 0:
             pairs = self.fragmenter(trajectories, hp.fragment_length, n_pairs)
-            ids = torch.arange(self._next_pair_id, self._next_pair_id + n_pairs)
-            self._next_pair_id += n_pairs
-            self._pending = pairs if self._pending is None else torch.cat([self._pending, pairs])
-            self._pending_ids = torch.cat([self._pending_ids, ids])
-            self.gatherer.submit(pairs, ids)
+            self.pending.submit(pairs, self.gatherer)
         metrics["time/fragments_s"] = time.perf_counter() - start
         self._receive_answers()
         metrics |= {f"preferences/{k}": v for k, v in self.gatherer.metrics.items()}
@@ -565,29 +554,16 @@ class PreferenceComparisons(OnlineAlgorithm):
         return metrics
 
     def _receive_answers(self) -> None:
-        ids, labels = self.gatherer.poll()
-        if ids.numel() == 0 or self._pending is None:
+        pairs, labels = self.pending.answered(*self.gatherer.poll())
+        if pairs is None or not labels.numel():
             return
-        match = self._pending_ids.unsqueeze(0) == ids.unsqueeze(1)  # [answers, pending]
-        if not bool(match.any(1).all()):
-            raise PreferenceError("the gatherer answered ids that were never submitted")
-        # A NaN label withdraws a pair (it expired, or the labeller could not tell): it
-        # leaves the pending pairs without entering the dataset.
-        position = match.float().argmax(1)
-        if labels.shape == ids.shape:  # other shapes reach the dataset's checks as they are
-            kept = ~torch.isnan(labels)
-            position, labels = position[kept], labels[kept]
         # The dataset keeps what the reward model reads and the true reward (for the
         # accuracy against it), not the fragments' other keys: with images, storing next
         # observations a state-only reward never reads would double the memory.
-        present = set(self._pending.keys(True))
+        present = set(pairs.keys(True))
         keys = [k for k in (*self.reward_net.in_keys, TRUE_REWARD) if k in present]
-        if labels.numel():
-            self.dataset.push(self._pending[position].select(*keys), labels)
+        self.dataset.push(pairs.select(*keys), labels)
         self.comparisons += int(labels.numel())
-        keep = ~match.any(0)
-        self._pending = self._pending[keep] if bool(keep.any()) else None
-        self._pending_ids = self._pending_ids[keep]
 
     # -------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -605,16 +581,14 @@ class PreferenceComparisons(OnlineAlgorithm):
         state["preference"] = {
             "next_query": self.next_query,
             "comparisons": self.comparisons,
-            "next_pair_id": self._next_pair_id,
             "reward_trained": self._reward_trained,
             "horizon": self._horizon,
             "sample_frames": self._sample_frames,
             "dataset": self.dataset.state_dict(),
             "trainer": self.reward_trainer.state_dict(),
             "gatherer": self.gatherer.state_dict(),
-            "pending": None if self._pending is None else self._pending.to_dict(),
-            "pending_ids": self._pending_ids,
             "sampled": [b.to_dict() for b in self._sampled],
+            **self.pending.state_dict(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -628,21 +602,14 @@ class PreferenceComparisons(OnlineAlgorithm):
         state = checkpoint["tdimitation"]["preference"]
         self.next_query = int(state["next_query"])
         self.comparisons = int(state["comparisons"])
-        self._next_pair_id = int(state["next_pair_id"])
         self._reward_trained = bool(state["reward_trained"])
         self._horizon = state["horizon"]
         self._sample_frames = int(state["sample_frames"])
         self.dataset.load_state_dict(state["dataset"])
         self.reward_trainer.load_state_dict(state["trainer"])
         self.gatherer.load_state_dict(state["gatherer"])
-        pending = state["pending"]
-        self._pending = None if pending is None else TensorDict.from_dict(pending, batch_dims=3)
-        self._pending_ids = state["pending_ids"]
+        self.pending.load_state_dict(state)
         self._sampled = [TensorDict.from_dict(b, batch_dims=2) for b in state["sampled"]]
-
-
-def _gatherer_seed(seed: int | None) -> int:
-    return 7919 if seed is None else int(seed) + 7919
 
 
 __all__ = ["PreferenceComparisons"]

@@ -179,10 +179,29 @@ def _device(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def make_fragmenter(
+    rng: torch.Generator | None,
+    warning_threshold: float,
+    active_selection_model: PreferenceModel | None = None,
+    oversampling: float = 2.0,
+    uncertainty_on: str = "logit",
+) -> Fragmenter:
+    """Random pairs, or, given the ensemble's preference model, the pairs it disagrees on
+    most out of ``oversampling`` times as many random ones.
+    """
+    fragmenter: Fragmenter = RandomFragmenter(rng, warning_threshold)
+    if active_selection_model is None:
+        return fragmenter
+    return ActiveSelectionFragmenter(
+        active_selection_model, fragmenter, oversampling, uncertainty_on
+    )
+
+
 __all__ = [
     "FRAGMENT_KEYS",
     "UNCERTAINTY_MEASURES",
     "ActiveSelectionFragmenter",
+    "make_fragmenter",
     "Fragmenter",
     "RandomFragmenter",
 ]

@@ -150,4 +150,35 @@ class SyntheticGatherer(PreferenceGatherer):
         self._answered = [(ids, state["answered_labels"])] if answered else []
 
 
-__all__ = ["PreferenceGatherer", "SyntheticGatherer"]
+def make_gatherer(
+    env_id: str,
+    seed: int | None,
+    temperature: float,
+    discount_factor: float,
+    sample_labels: bool,
+    label_threshold: float,
+    human_gatherer: dict[str, Any] | None = None,
+) -> PreferenceGatherer:
+    """The labeller :class:`PreferenceComparisons` asks: people through the labelling page
+    when ``human_gatherer`` gives its options, else the synthetic (Boltzmann) oracle.
+    """
+    if human_gatherer is not None:
+        # Imported here: the labelling store needs the [label] extra.
+        from tdimitation.labelling.gatherer import HumanGatherer
+
+        return HumanGatherer(**{"env_id": env_id, "seed": labeller_seed(seed), **human_gatherer})
+    return SyntheticGatherer(
+        temperature,
+        discount_factor,
+        sample_labels,
+        seed=labeller_seed(seed) if sample_labels else None,
+        threshold=label_threshold,
+    )
+
+
+def labeller_seed(seed: int | None) -> int:
+    """The labeller's own seed, apart from the run's other random streams."""
+    return 7919 if seed is None else int(seed) + 7919
+
+
+__all__ = ["PreferenceGatherer", "SyntheticGatherer", "make_gatherer"]
