@@ -47,6 +47,8 @@ BEGIN, END = "<!-- startup:begin -->", "<!-- startup:end -->"
 RECIPE = ROOT / "recipes" / "bc" / "cartpole.yaml"
 OUR_IMPORT = "from tdimitation.algorithms import BC; from tdimitation.data import rollout"
 THEIR_IMPORT = "from imitation.algorithms.bc import BC; from imitation.data.rollout import rollout"
+# What the stack this project is built on costs to import, before any code of ours.
+STACK_IMPORT = "import lightning.pytorch, torchrl.collectors, torchrl.envs, mlflow"
 
 # Imports of a BC fit in the order they happen; each step's time is what it adds.
 IMPORT_SPLIT = """
@@ -118,6 +120,7 @@ def measure(args: argparse.Namespace) -> dict:
         ("bc_process", reference, fit),
         ("help", None, [*ours, "--help"]),
         ("import", [str(theirs), "-c", THEIR_IMPORT], [sys.executable, "-c", OUR_IMPORT]),
+        ("stack_import", None, [sys.executable, "-c", STACK_IMPORT]),
     ]
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -192,6 +195,14 @@ def summary(result: dict) -> str:
         f"| {_median(rows, 'import_imitation_s'):.2f} | **{import_ratio:.2f}x** "
         f"({per_repeat('import_ratio')}) | < 1x: {'met' if import_ratio < 1 else 'not met'} |"
     )
+    if "stack_import_ours_s" in rows[0]:
+        stack = _median(rows, "stack_import_ours_s")
+        their_process = _median(rows, "bc_process_imitation_s")
+        lines.append(
+            f"| import the stack alone (`{STACK_IMPORT}`) | {stack:.2f} | | "
+            f"{stack / _median(rows, 'import_imitation_s'):.2f}x imitation's import; "
+            f"{stack / their_process:.2f}x its whole BC process | |"
+        )
     fit_s = _median(rows, "ours_fit_s")
     lines += [
         "",
