@@ -152,6 +152,20 @@ def tracking_logger_class() -> type:
             synchronous = kwargs.get("synchronous")
             self._batch_options = {} if synchronous is None else {"synchronous": synchronous}
 
+        @property
+        def experiment(self):
+            # Lightning connects through mlflow.set_tracking_uri, which also exports
+            # MLFLOW_TRACKING_URI: the next fit in this process (another data directory)
+            # would then log here. The process's environment is put back as it was.
+            before = os.environ.get("MLFLOW_TRACKING_URI")
+            try:
+                return super().experiment
+            finally:
+                if before is None:
+                    os.environ.pop("MLFLOW_TRACKING_URI", None)
+                else:
+                    os.environ["MLFLOW_TRACKING_URI"] = before
+
         def log_hyperparams(self, params) -> None:
             params = dict(params if isinstance(params, dict) else vars(params))
             params = {k: v for k, v in params.items() if not str(k).startswith("_")}

@@ -99,8 +99,8 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(autouse=True)
 def _store_from_data_dir(monkeypatch):
-    # An in-process fit of an earlier test leaves MLFLOW_TRACKING_URI set (MLflow's
-    # set_tracking_uri exports it), which would override --data-dir here.
+    # The tests here choose the store with --data-dir, which a MLFLOW_TRACKING_URI in the
+    # environment would override.
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("TDIMITATION_DATA_DIR", raising=False)
 

@@ -1,3 +1,5 @@
+import os
+
 from mlflow import MlflowClient
 
 from tdimitation.tracking import browse_hint, make_mlflow_logger, tracking_uri
@@ -64,3 +66,26 @@ def test_processes_creating_one_new_store_at_once_all_succeed(tmp_path):
     assert [w.returncode for w in workers] == [0] * 4, "\n".join(errors)
     names = {e.name for e in MlflowClient(uri).search_experiments()}
     assert {f"exp{i}" for i in range(4)} <= names
+
+
+def test_a_fit_leaves_the_tracking_uri_of_the_process_as_it_was(tmp_path, monkeypatch):
+    """Two fits in one process with two data directories log to their own stores."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = make_mlflow_logger("exp", data_dir_path=tmp_path / "a")
+    first.log_metrics({"x": 1.0}, step=0)
+    first.finalize("success")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    second = make_mlflow_logger("exp", data_dir_path=tmp_path / "b")
+    second.log_metrics({"x": 2.0}, step=0)
+    second.finalize("success")
+    for store, value in (("a", 1.0), ("b", 2.0)):
+        client = MlflowClient(f"sqlite:///{tmp_path / store / 'mlflow.db'}")
+        (run,) = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
+        assert run.data.metrics == {"x": value}
+    # A URI the user set stays set.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'user.db'}")
+    third = make_mlflow_logger("exp", data_dir_path=tmp_path / "c")
+    third.log_metrics({"x": 3.0}, step=0)
+    third.finalize("success")
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path / 'user.db'}"
+    assert (tmp_path / "user.db").exists() and not (tmp_path / "c" / "mlflow.db").exists()
