@@ -1,7 +1,7 @@
 """Small BC and PPO fits for the multi-process tests, run as a script or imported.
 
-``python tests/ddp_runs.py {bc|ppo|ppo-statistics} DEVICES OUT_DIR [ARGS]`` fits under Lightning's
-``ddp`` strategy on ``DEVICES`` CPU processes (gloo) and writes, per process,
+``python tests/ddp_runs.py {bc|bc-eval|ppo|ppo-statistics} DEVICES OUT_DIR [ARGS]`` fits
+under Lightning's ``ddp`` strategy on ``DEVICES`` CPU processes (gloo) and writes, per process,
 ``OUT_DIR/rank<r>.pt``: the module's state dict, its counters and the last round's data.
 Lightning's ``ddp`` launcher runs this file again for each extra process, which is why
 the runs live in a script and not in a test function. The test module imports the same
@@ -49,6 +49,38 @@ def bc_model(batch_size: int) -> BC:
         hidden_sizes=(16, 16),
         seed=3,
     )
+
+
+class CountingBC(BC):
+    """BC that counts the evaluations its process runs."""
+
+    evaluations = 0
+
+    def evaluate(self, episodes: int | None = None) -> dict[str, float]:
+        self.evaluations += 1
+        return super().evaluate(episodes)
+
+
+def bc_evaluating_model() -> CountingBC:
+    """BC evaluating after each epoch of 5 batches (random episodes, about 160 rows)."""
+    return CountingBC(
+        BC_ENV,
+        n_batches=BC_STEPS,
+        batch_size=8,
+        grad_accumulation=2,
+        hidden_sizes=(16, 16),
+        eval_every_n_epochs=1,
+        eval_episodes=2,
+        seed=3,
+    )
+
+
+def random_demonstrations():
+    env = make_env(BC_ENV, num_envs=4, seed=0)
+    try:
+        return rollout(policy_from_string("random", env=env, seed=0), env, min_episodes=8)
+    finally:
+        env.close()
 
 
 def ppo_model(processes: int) -> PPO:
@@ -106,6 +138,13 @@ def main(argv: list[str]) -> None:
         fit = trainer(devices, [PeriodicCheckpoint(out, every_n_rounds=1)])
         fit.fit(model, datamodule=data)
         extra = {"batches_done": model.batches_done}
+    elif algorithm == "bc-eval":
+        model = bc_evaluating_model()
+        data = DemonstrationData(BC_ENV, trajectories=random_demonstrations())
+        fit = trainer(devices)
+        fit.fit(model, datamodule=data)
+        epochs = model.batches_done // model._per_epoch
+        extra = {"evaluations": model.evaluations, "epochs": epochs}
     elif algorithm == "ppo":
         model = ppo_model(devices)
         fit = trainer(devices)

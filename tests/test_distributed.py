@@ -78,6 +78,15 @@ def test_bc_on_two_processes_equals_one_process_with_twice_the_batch(tmp_path):
     assert not list(tmp_path.glob(".last.ckpt.*"))
 
 
+def test_bc_evaluates_in_the_first_process_only(tmp_path):
+    ranks = _run_ddp("bc-eval", tmp_path)
+    # Each epoch ends with an evaluation, run by the first process alone...
+    epochs = ranks[0]["epochs"]
+    assert epochs >= 1 and [r["evaluations"] for r in ranks] == [epochs, 0]
+    # ...which leaves the processes' training in step.
+    _assert_same(ranks[0]["state"], ranks[1]["state"], atol=0)
+
+
 def test_ppo_on_two_processes_collects_on_both_and_averages_gradients(tmp_path):
     ranks = _run_ddp("ppo", tmp_path)
     frames = 2 * ddp_runs.NUM_ENVS * ddp_runs.N_STEPS

@@ -483,9 +483,10 @@ class BC(FitCallbacks, L.LightningModule):
         self.log("bc/epoch", self.batches_done / self._per_epoch, prog_bar=True, batch_size=1)
         every = self.hparams.eval_every_n_epochs
         if every and (self.batches_done // self._per_epoch) // every > epochs_before // every:
-            self.log_dict(
-                {f"eval/{k}": v for k, v in self.evaluate().items()}, prog_bar=False, batch_size=1
-            )
+            # Every process holds the same policy: the first one evaluates it for all.
+            if self.trainer.is_global_zero:
+                evaluation = {f"eval/{k}": v for k, v in self.evaluate().items()}
+                self.log_dict(evaluation, prog_bar=False, batch_size=1, rank_zero_only=True)
 
     def evaluate(self, episodes: int | None = None) -> dict[str, float]:
         """Deterministic evaluation of the current policy (return and length statistics)."""
