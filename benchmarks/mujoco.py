@@ -15,8 +15,11 @@ defines them) the pipeline is, each step a whole ``tdimitation`` process as a us
 Every finished step appends one JSON line to ``--results`` (default
 ``benchmarks/results/mujoco.jsonl``, committed), and a step already there is never run
 again, so the table can be produced across several sittings. A step stopped half-way
-resumes from its newest checkpoint. When a recipe changes, its recorded cells are moved
-to ``mujoco_superseded.jsonl`` beside the results, with the reason. ``--hours H`` starts
+resumes from its newest checkpoint. A cell's MLflow run name carries a fingerprint of
+its recipe file, so neither a finished run nor a checkpoint of an earlier version of the
+recipe stands in for the current one. When a recipe changes, the benchmark names the
+cells recorded with the earlier version; they are moved by hand to
+``mujoco_superseded.jsonl`` beside the results, with the reason. ``--hours H`` starts
 no step after H hours.
 
 The table gives, per algorithm and task, the ratio of imitation return to expert return
@@ -37,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
 import json
 import os
@@ -261,8 +265,27 @@ def frames_to_reach(curve: tuple[str, str, np.ndarray, np.ndarray] | None, targe
     return int(curve[2][reached[0]]) if reached.size else None
 
 
+def recipe_digest(recipe: str) -> str:
+    """A short fingerprint of a recipe file's bytes."""
+    data = (ROOT / "recipes" / f"{recipe}.yaml").read_bytes()
+    return hashlib.sha256(data).hexdigest()[:8]
+
+
+def cell_run_name(row: dict) -> str:
+    """The MLflow run name of a cell: with the recipe's fingerprint where it was recorded.
+
+    A run made with an earlier version of a recipe then never stands in for the current
+    one, neither as a finished run nor as a checkpoint to resume.
+    """
+    name = f"{row['algorithm']}-{row['task']}-seed{row['seed']}"
+    return f"{name}-{row['recipe_digest']}" if row.get("recipe_digest") else name
+
+
 def run_cell(algorithm: str, task: str, seed: int, data_dir: Path, expert: dict) -> dict:
-    run_name = f"{algorithm}-{task}-seed{seed}"
+    digest = recipe_digest(f"{algorithm}/{task}_fixed")
+    run_name = cell_run_name(
+        {"algorithm": algorithm, "task": task, "seed": seed, "recipe_digest": digest}
+    )
     extra = ["--model.init_args.seed", str(seed)]
     if algorithm == "dagger":
         extra += ["--model.init_args.expert", f"tdimitation:{expert_checkpoint(data_dir, task)}"]
@@ -277,6 +300,7 @@ def run_cell(algorithm: str, task: str, seed: int, data_dir: Path, expert: dict)
         "frames": int(metrics.get("frames", 0)),
         "fit_seconds": metrics["time/fit_seconds"],
         "process_seconds": wall,
+        "recipe_digest": digest,
     }
     curve = run_curve(data_dir, run_name)
     if algorithm in ("gail", "airl"):
@@ -321,11 +345,7 @@ def backfill_curves(results: Path, data_dir: Path) -> int:
         for row in rows:
             if "curve" in row or row["stage"] not in ("expert", "cell"):
                 continue
-            name = (
-                f"{row['task']}-expert"
-                if row["stage"] == "expert"
-                else f"{row['algorithm']}-{row['task']}-seed{row['seed']}"
-            )
+            name = f"{row['task']}-expert" if row["stage"] == "expert" else cell_run_name(row)
             if finished_run(data_dir, name):
                 row["curve"], filled = curve_record(run_curve(data_dir, name)), filled + 1
         if filled:
@@ -349,6 +369,13 @@ def run_all(args: argparse.Namespace) -> None:
     # An expert or demonstrations recorded by another machine's sitting are made again
     # here (a fresh clone has no data directory); cells are never repeated.
     todo = [p for p in plan if p not in done or not on_disk(p, args.data_dir)]
+    for key in plan:
+        recorded_digest = done.get(key, {}).get("recipe_digest")
+        if recorded_digest and recorded_digest != recipe_digest(f"{key[2]}/{key[1]}_fixed"):
+            print(
+                f"{' '.join(map(str, key[1:]))}: recorded with an earlier recipe "
+                f"({recorded_digest}); move its line to mujoco_superseded.jsonl to run it again"
+            )
     print(f"{len(todo)} steps to do ({len(plan) - len(todo)} already done)", flush=True)
     started = time.perf_counter()
     for i, (stage, task, algorithm, seed) in enumerate(todo):

@@ -32,6 +32,15 @@ def test_curve_is_recorded_from_the_store_and_drawn_from_the_results(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # --data_dir
     subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
 
+    # A run made with another version of the recipe (here: without the recipe's
+    # fingerprint in its name) does not stand in for the current recipe's cell.
+    assert bench.finished_run(tmp_path, "gail-halfcheetah-seed0")
+    current = {"algorithm": "gail", "task": "halfcheetah", "seed": 0}
+    current["recipe_digest"] = bench.recipe_digest("gail/halfcheetah_fixed")
+    assert bench.cell_run_name(current).startswith("gail-halfcheetah-seed0-")
+    assert not bench.finished_run(tmp_path, bench.cell_run_name(current))
+    assert bench.recipe_digest("gail/hopper_fixed") != current["recipe_digest"]
+
     metric, x_axis, xs, ys = bench.run_curve(tmp_path, "gail-halfcheetah-seed0")
     assert (metric, x_axis) == ("episode/return", "frames")
     assert len(xs) == 4 and xs[-1] == 16384 and np.all(np.diff(xs) > 0)  # 4 rounds of 4,096
