@@ -212,6 +212,9 @@ def _make_cli(argv: list[str]) -> _FitCLI:
             # The MLflow logger is attached after instantiation (its names come from `run`).
             "logger": False,
             "enable_checkpointing": False,
+            # Lightning's parameter table lists the env and loss as layers; the run's
+            # parameters are in MLflow. `--trainer.enable_model_summary true` shows it.
+            "enable_model_summary": False,
         },
         parser_kwargs={
             "prog": "tdimitation fit",

@@ -109,7 +109,7 @@ def test_bc_bar_counts_batches_with_loss_and_no_lightning_banners(tmp_path):
     assert done == total > 0
     _check_final(bars[-1], "batches", total, ("loss", "p(expert)", "epoch"))
     assert "epoch=1," in bars[-1] or bars[-1].endswith("epoch=1]")
-    for banner in ("GPU available", "TPU available", "Tip:"):
+    for banner in ("GPU available", "TPU available", "Tip:", "Trainable params"):
         assert banner not in text
     # A new store and experiment are the normal start of a run: no notes about them.
     for note in ("Creating initial MLflow database tables", "not found. Creating it"):
