@@ -86,14 +86,17 @@ class RayExecutor:
     """
 
     def __init__(self, address: str | None = None, cpus: int | None = None) -> None:
+        from tdimitation.sweep.runner import choose_local_ray_authentication
+
         self.address, self.cpus = address, cpus
+        choose_local_ray_authentication(address)  # made first, before the fits' imports
 
     def map(self, function: Callable[[Job], dict], jobs: Iterable[Job]) -> Iterator[dict]:
-        import ray
-
         from tdimitation.sweep.runner import start_ray
 
         start_ray(self.address, self.cpus)
+        import ray
+
         try:
             task = ray.remote(num_cpus=1)(function)
             pending = [task.remote(job) for job in jobs]

@@ -88,8 +88,14 @@ def check_extra() -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``tdimitation sweep``."""
-    from tdimitation.sweep.runner import SweepOptions, check_options, run_sweep
+    from tdimitation.sweep.runner import (
+        SweepOptions,
+        check_options,
+        choose_local_ray_authentication,
+        run_sweep,
+    )
 
+    choose_local_ray_authentication(args.address)  # before the recipe's imports load Ray
     options = SweepOptions(
         recipe=args.config,
         space=args.space,

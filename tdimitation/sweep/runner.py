@@ -263,6 +263,18 @@ def _start_ray(options: SweepOptions) -> None:
     start_ray(options.address, options.cpus)
 
 
+def choose_local_ray_authentication(address: str | None) -> None:
+    """Ask for token authentication, Ray's default, when Ray will start a local cluster.
+
+    Chosen explicitly, Ray does not warn that it chose it. Ray reads the setting once, when
+    it is imported (torchrl imports it when installed), so this must run before anything
+    imports Ray; afterwards it does nothing, as setting it then would leave a new cluster
+    waiting for a token Ray never made.
+    """
+    if not address and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
 def start_ray(address: str | None = None, cpus: int | None = None) -> None:
     """Start Ray on this machine (``cpus``, default all) or connect to the cluster at ``address``.
 
@@ -271,6 +283,7 @@ def start_ray(address: str | None = None, cpus: int | None = None) -> None:
     """
     import logging
 
+    choose_local_ray_authentication(address)
     import ray
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")

@@ -152,6 +152,13 @@ def test_every_trial_is_a_nested_fit_run(sweep):
     assert all(seeds == {"0", "1"} for seeds in by_configuration.values())
 
 
+def test_the_local_ray_cluster_starts_without_warnings(sweep):
+    # Ray warns when it picks token authentication for a new local cluster by itself.
+    stderr = sweep["done"].stderr
+    assert "Token authentication" not in stderr, stderr[-3000:]
+    assert " WARNING " not in stderr, stderr[-3000:]
+
+
 def test_best_configuration_is_the_best_mean_and_written_as_a_recipe(sweep):
     values = defaultdict(list)
     for run in sweep["search"]:
