@@ -16,7 +16,7 @@ Every finished step appends one JSON line to ``--results`` (default
 ``benchmarks/results/mujoco.jsonl``, committed), and a step already there is never run
 again, so the table can be produced across several sittings. A step stopped half-way
 resumes from its newest checkpoint. A cell's MLflow run name carries a fingerprint of
-its recipe file, so neither a finished run nor a checkpoint of an earlier version of the
+its recipe's settings, so neither a finished run nor a checkpoint of an earlier version of the
 recipe stands in for the current one. When a recipe changes, the benchmark names the
 cells recorded with the earlier version; they are moved by hand to
 ``mujoco_superseded.jsonl`` beside the results, with the reason. ``--hours H`` starts
@@ -51,6 +51,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 # This file's name is the simulator's: its directory must not shadow the `mujoco` package
 # (torchrl looks it up on import), so run_recipes is loaded by path.
@@ -265,9 +266,13 @@ def frames_to_reach(curve: tuple[str, str, np.ndarray, np.ndarray] | None, targe
     return int(curve[2][reached[0]]) if reached.size else None
 
 
-def recipe_digest(recipe: str) -> str:
-    """A short fingerprint of a recipe file's bytes."""
-    data = (ROOT / "recipes" / f"{recipe}.yaml").read_bytes()
+def recipe_digest(recipe: str, recipes_dir: Path = ROOT / "recipes") -> str:
+    """A short fingerprint of a recipe's settings (not its comments or layout).
+
+    A header that explains the settings can then be rewritten after its cells ran.
+    """
+    settings = yaml.safe_load((recipes_dir / f"{recipe}.yaml").read_text())
+    data = json.dumps(settings, sort_keys=True).encode()
     return hashlib.sha256(data).hexdigest()[:8]
 
 

@@ -40,6 +40,14 @@ def test_curve_is_recorded_from_the_store_and_drawn_from_the_results(tmp_path):
     assert bench.cell_run_name(current).startswith("gail-halfcheetah-seed0-")
     assert not bench.finished_run(tmp_path, bench.cell_run_name(current))
     assert bench.recipe_digest("gail/hopper_fixed") != current["recipe_digest"]
+    # The fingerprint is the settings': a rewritten header keeps it, a changed value does not.
+    recipe = (ROOT / "recipes/gail/halfcheetah_fixed.yaml").read_text()
+    (tmp_path / "gail").mkdir()
+    copy = tmp_path / "gail" / "halfcheetah_fixed.yaml"
+    copy.write_text("# another header\n\n" + recipe.replace("total_frames:", "total_frames:  "))
+    assert bench.recipe_digest("gail/halfcheetah_fixed", tmp_path) == current["recipe_digest"]
+    copy.write_text(recipe.replace("disc_lr: 0.0003", "disc_lr: 0.0001"))
+    assert bench.recipe_digest("gail/halfcheetah_fixed", tmp_path) != current["recipe_digest"]
 
     metric, x_axis, xs, ys = bench.run_curve(tmp_path, "gail-halfcheetah-seed0")
     assert (metric, x_axis) == ("episode/return", "frames")
