@@ -286,6 +286,11 @@ def cell_run_name(row: dict) -> str:
     return f"{name}-{row['recipe_digest']}" if row.get("recipe_digest") else name
 
 
+def recorded_run_name(row: dict) -> str:
+    """The MLflow run (and run directory) a cell's results line was read from."""
+    return row.get("run_name") or cell_run_name(row)
+
+
 def run_cell(algorithm: str, task: str, seed: int, data_dir: Path, expert: dict) -> dict:
     digest = recipe_digest(f"{algorithm}/{task}_fixed")
     run_name = cell_run_name(
@@ -306,6 +311,7 @@ def run_cell(algorithm: str, task: str, seed: int, data_dir: Path, expert: dict)
         "fit_seconds": metrics["time/fit_seconds"],
         "process_seconds": wall,
         "recipe_digest": digest,
+        "run_name": run_name,
     }
     curve = run_curve(data_dir, run_name)
     if algorithm in ("gail", "airl"):
@@ -350,7 +356,7 @@ def backfill_curves(results: Path, data_dir: Path) -> int:
         for row in rows:
             if "curve" in row or row["stage"] not in ("expert", "cell"):
                 continue
-            name = f"{row['task']}-expert" if row["stage"] == "expert" else cell_run_name(row)
+            name = f"{row['task']}-expert" if row["stage"] == "expert" else recorded_run_name(row)
             if finished_run(data_dir, name):
                 row["curve"], filled = curve_record(run_curve(data_dir, name)), filled + 1
         if filled:

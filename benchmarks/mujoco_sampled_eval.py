@@ -1,0 +1,131 @@
+"""The MuJoCo benchmark's cells evaluated both ways: greedy actions and sampled actions.
+
+The benchmark (``benchmarks/mujoco.py``) scores every policy, experts included, by its
+greedy (deterministic) actions. ``imitation``'s evaluation samples the policy's actions.
+This script evaluates the expert and the recorded cells of the given tasks and algorithm
+both ways with ``tdimitation eval`` (50 episodes, the same env seed), so the ratios can be
+read under either protocol. It needs the cells' checkpoints in the data directory, so it
+covers the cells run on this machine. Results append to
+``benchmarks/results/mujoco_sampled_eval.jsonl``; a policy already there is skipped.
+
+Example::
+
+    python benchmarks/mujoco_sampled_eval.py --tasks hopper walker2d --algorithm gail --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# benchmarks/mujoco.py must not shadow the simulator's package: run_recipes loads by path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+_spec = importlib.util.spec_from_file_location("run_recipes", HERE / "run_recipes.py")
+_run_recipes = sys.modules["run_recipes"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_run_recipes)
+RESULTS = ROOT / "benchmarks" / "results" / "mujoco.jsonl"
+OUTPUT = ROOT / "benchmarks" / "results" / "mujoco_sampled_eval.jsonl"
+ENV_IDS = {
+    "ant": "tdimitation/AntFixed-v5",
+    "halfcheetah": "tdimitation/HalfCheetahFixed-v5",
+    "hopper": "tdimitation/HopperFixed-v5",
+    "swimmer": "tdimitation/SwimmerFixed-v5",
+    "walker2d": "tdimitation/Walker2dFixed-v5",
+}
+EPISODES = 50
+
+
+def evaluate(env_id: str, checkpoint: Path, sampled: bool) -> float:
+    """Mean return of ``EPISODES`` episodes of the policy in ``checkpoint``."""
+    command = [sys.executable, "-m", "tdimitation.cli", "eval", "--env", env_id]
+    command += ["--policy", f"tdimitation:{checkpoint}", "--episodes", str(EPISODES)]
+    command += ["--num-envs", "25", "--seed", "0"] + (["--stochastic"] if sampled else [])
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])["return_mean"]
+
+
+def policies(tasks: list[str], algorithm: str, runs: Path) -> list[tuple[str, str, Path]]:
+    """(task, name, checkpoint) of each task's expert and its cells whose checkpoint is here."""
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    found = []
+    for task in tasks:
+        found.append((task, "expert", runs / f"{task}-expert" / "last.ckpt"))
+        for row in rows:
+            if row["stage"] == "cell" and (row["task"], row["algorithm"]) == (task, algorithm):
+                name = row.get("run_name", "")
+                if name and (runs / name / "last.ckpt").exists():
+                    found.append((task, name, runs / name / "last.ckpt"))
+    return found
+
+
+def table(rows: list[dict], algorithm: str) -> str:
+    lines = [
+        f"| task | {algorithm} seeds | ratio, greedy actions | ratio, sampled actions |",
+        "|---|---|---|---|",
+    ]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        expert = next((r for r in rows if r["task"] == task and r["policy"] == "expert"), None)
+        cells = [r for r in rows if r["task"] == task and r["policy"].startswith(algorithm + "-")]
+        if expert is None or not cells:
+            continue
+        cols = []
+        for mode in ("greedy", "sampled"):
+            ratios = [r[mode] / expert[mode] for r in cells]
+            each = " / ".join(f"{x:.2f}" for x in ratios)
+            cols.append(f"{statistics.mean(ratios):.2f} ({each})")
+        lines.append(f"| {task} | {len(cells)} | {cols[0]} | {cols[1]} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["hopper", "walker2d"], choices=ENV_IDS)
+    parser.add_argument("--algorithm", default="gail")
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "tdimitation_data" / "mujoco")
+    parser.add_argument("--write", action="store_true", help="regenerate its RESULTS.md section")
+    args = parser.parse_args()
+    runs = args.data_dir / "runs" / "mujoco-benchmark"
+    done = [json.loads(x) for x in OUTPUT.read_text().splitlines()] if OUTPUT.exists() else []
+    seen = {(r["task"], r["policy"]) for r in done}
+    todo = [p for p in policies(args.tasks, args.algorithm, runs) if p[:2] not in seen]
+    started = time.perf_counter()
+    for i, (task, name, checkpoint) in enumerate(todo):
+        row = {"task": task, "policy": name, "episodes": EPISODES}
+        row["greedy"] = evaluate(ENV_IDS[task], checkpoint, sampled=False)
+        row["sampled"] = evaluate(ENV_IDS[task], checkpoint, sampled=True)
+        with open(OUTPUT, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        done.append(row)
+        eta = (time.perf_counter() - started) / (i + 1) * (len(todo) - i - 1)
+        print(
+            f"[{i + 1}/{len(todo)}] {task} {name}: greedy {row['greedy']:.1f}, "
+            f"sampled {row['sampled']:.1f}; ETA {eta / 60:.0f} min",
+            flush=True,
+        )
+    text = table([r for r in done if r["task"] in args.tasks], args.algorithm)
+    print(text)
+    if args.write:
+        intro = (
+            f"{EPISODES} episodes per policy, env seed 0; each ratio divides by the expert's "
+            "return measured the same way. Generated by `benchmarks/mujoco_sampled_eval.py "
+            f"--tasks {' '.join(args.tasks)} --algorithm {args.algorithm} --write`.\n\n"
+        )
+        name = f"mujoco-sampled-{args.algorithm}"
+        _run_recipes.write_section(
+            f"<!-- recipes:{name}:begin -->",
+            f"<!-- recipes:{name}:end -->",
+            intro + text + "\n",
+            heading=f"### MuJoCo {args.algorithm.upper()}: greedy against sampled actions",
+        )
+
+
+if __name__ == "__main__":
+    main()
