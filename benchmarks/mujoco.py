@@ -61,7 +61,7 @@ _spec = importlib.util.spec_from_file_location("run_recipes", _HERE / "run_recip
 _run_recipes = sys.modules["run_recipes"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_run_recipes)
 final_metrics, load_results = _run_recipes.final_metrics, _run_recipes.load_results
-write_table = _run_recipes.write_table
+write_table, write_section = _run_recipes.write_table, _run_recipes.write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {

@@ -25,21 +25,12 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-# benchmarks/mujoco.py must not shadow the simulator's package: run_recipes loads by path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-_spec = importlib.util.spec_from_file_location("run_recipes", HERE / "run_recipes.py")
-_run_recipes = sys.modules["run_recipes"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_run_recipes)
-RESULTS = ROOT / "benchmarks" / "results" / "mujoco.jsonl"
-OUTPUT = ROOT / "benchmarks" / "results" / "mujoco_sampled_eval.jsonl"
-ENV_IDS = {
-    "ant": "tdimitation/AntFixed-v5",
-    "halfcheetah": "tdimitation/HalfCheetahFixed-v5",
-    "hopper": "tdimitation/HopperFixed-v5",
-    "swimmer": "tdimitation/SwimmerFixed-v5",
-    "walker2d": "tdimitation/Walker2dFixed-v5",
-}
+# The benchmark's module, loaded by path: its file name is the simulator's package's.
+_spec = importlib.util.spec_from_file_location("mujoco_benchmark", HERE / "mujoco.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+RESULTS = bench.ROOT / "benchmarks" / "results" / "mujoco.jsonl"
+OUTPUT = bench.ROOT / "benchmarks" / "results" / "mujoco_sampled_eval.jsonl"
 EPISODES = 50
 
 
@@ -48,21 +39,21 @@ def evaluate(env_id: str, checkpoint: Path, sampled: bool) -> float:
     command = [sys.executable, "-m", "tdimitation.cli", "eval", "--env", env_id]
     command += ["--policy", f"tdimitation:{checkpoint}", "--episodes", str(EPISODES)]
     command += ["--num-envs", "25", "--seed", "0"] + (["--stochastic"] if sampled else [])
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, cwd=bench.ROOT, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])["return_mean"]
 
 
-def policies(tasks: list[str], algorithm: str, runs: Path) -> list[tuple[str, str, Path]]:
+def policies(tasks: list[str], algorithm: str, data_dir: Path) -> list[tuple[str, str, Path]]:
     """(task, name, checkpoint) of each task's expert and its cells whose checkpoint is here."""
-    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
-    found = []
+    rows, found = bench.load_results(RESULTS), []
     for task in tasks:
-        found.append((task, "expert", runs / f"{task}-expert" / "last.ckpt"))
+        found.append((task, "expert", bench.expert_checkpoint(data_dir, task)))
         for row in rows:
             if row["stage"] == "cell" and (row["task"], row["algorithm"]) == (task, algorithm):
-                name = row.get("run_name", "")
-                if name and (runs / name / "last.ckpt").exists():
-                    found.append((task, name, runs / name / "last.ckpt"))
+                name = bench.recorded_run_name(row)
+                checkpoint = data_dir / "runs" / bench.EXPERIMENT / name / "last.ckpt"
+                if checkpoint.exists():
+                    found.append((task, name, checkpoint))
     return found
 
 
@@ -87,20 +78,19 @@ def table(rows: list[dict], algorithm: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["hopper", "walker2d"], choices=ENV_IDS)
+    parser.add_argument("--tasks", nargs="+", default=["hopper", "walker2d"], choices=bench.TASKS)
     parser.add_argument("--algorithm", default="gail")
-    parser.add_argument("--data-dir", type=Path, default=ROOT / "tdimitation_data" / "mujoco")
+    parser.add_argument("--data-dir", type=Path, default=bench.ROOT / "tdimitation_data" / "mujoco")
     parser.add_argument("--write", action="store_true", help="regenerate its RESULTS.md section")
     args = parser.parse_args()
-    runs = args.data_dir / "runs" / "mujoco-benchmark"
-    done = [json.loads(x) for x in OUTPUT.read_text().splitlines()] if OUTPUT.exists() else []
+    done = bench.load_results(OUTPUT)
     seen = {(r["task"], r["policy"]) for r in done}
-    todo = [p for p in policies(args.tasks, args.algorithm, runs) if p[:2] not in seen]
+    todo = [p for p in policies(args.tasks, args.algorithm, args.data_dir) if p[:2] not in seen]
     started = time.perf_counter()
     for i, (task, name, checkpoint) in enumerate(todo):
         row = {"task": task, "policy": name, "episodes": EPISODES}
-        row["greedy"] = evaluate(ENV_IDS[task], checkpoint, sampled=False)
-        row["sampled"] = evaluate(ENV_IDS[task], checkpoint, sampled=True)
+        row["greedy"] = evaluate(bench.TASKS[task], checkpoint, sampled=False)
+        row["sampled"] = evaluate(bench.TASKS[task], checkpoint, sampled=True)
         with open(OUTPUT, "a") as f:
             f.write(json.dumps(row) + "\n")
         done.append(row)
@@ -119,7 +109,7 @@ def main() -> None:
             f"--tasks {' '.join(args.tasks)} --algorithm {args.algorithm} --write`.\n\n"
         )
         name = f"mujoco-sampled-{args.algorithm}"
-        _run_recipes.write_section(
+        bench.write_section(
             f"<!-- recipes:{name}:begin -->",
             f"<!-- recipes:{name}:end -->",
             intro + text + "\n",

@@ -86,15 +86,12 @@ class RayExecutor:
     """
 
     def __init__(self, address: str | None = None, cpus: int | None = None) -> None:
-        from tdimitation.sweep.runner import choose_local_ray_authentication
-
         self.address, self.cpus = address, cpus
-        choose_local_ray_authentication(address)  # made first, before the fits' imports
 
     def map(self, function: Callable[[Job], dict], jobs: Iterable[Job]) -> Iterator[dict]:
         from tdimitation.sweep.runner import start_ray
 
-        start_ray(self.address, self.cpus)
+        start_ray(self.address, self.cpus)  # first: it chooses Ray's settings before its import
         import ray
 
         try:
