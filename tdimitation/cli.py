@@ -312,7 +312,9 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     try:
         policy = policy_from_string(args.policy, env=env, **_seed_kwargs(args.policy, args.seed))
-        stats = evaluate_policy(policy, env, args.episodes, deterministic=deterministic)
+        stats = evaluate_policy(
+            policy, env, args.episodes, deterministic=deterministic, seed=args.seed
+        )
     finally:
         env.close()
     video = None

@@ -104,6 +104,22 @@ def test_cli_eval_logs_metrics_params_and_video_to_mlflow(tmp_path, capsys, monk
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["zero.gif"]
 
 
+def test_cli_eval_samples_actions_from_its_seed(tmp_path, capsys):
+    from tdimitation.rl.ppo import PPO
+    from tdimitation.policies import save_policy
+
+    untrained = PPO("Pendulum-v1", num_envs=1, n_steps=64, batch_size=64, total_frames=64)
+    policy = f"tdimitation:{save_policy(untrained.export_policy(), tmp_path / 'p.pt')}"
+    argv = ["eval", "--env", "Pendulum-v1", "--policy", policy, "--episodes", "2"]
+    returns = []
+    for extra in (["--stochastic"], ["--stochastic"], []):
+        assert main([*argv, "--seed", "3", *extra]) == 0
+        returns.append(_stdout_json(capsys)["return_mean"])
+    sampled, again, greedy = returns
+    assert sampled == again  # the same seed draws the same actions
+    assert sampled != greedy
+
+
 def test_cli_eval_sb3_anchor_expert(anchors, capsys):
     policy = f"sb3-ppo:{anchors / ANCHOR_NAME}"
     assert main(["eval", "--env", "CartPole-v1", "--policy", policy]) == 0
