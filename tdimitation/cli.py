@@ -105,7 +105,7 @@ def _rollout_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--timesteps", type=int, default=None, help="minimum number of transitions")
     p.add_argument("--num-envs", type=int, default=8, help="sub-envs stepped together")
-    p.add_argument("--seed", type=int, default=0, help="seed of the envs (and of a random policy)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the envs and of sampled actions")
     p.add_argument("--deterministic", action="store_true", help="greedy actions")
     p.add_argument("--fixed-horizon", type=int, default=None, help="episode length H")
     p.add_argument("--out", required=True, help="directory of the dataset to write")
@@ -114,10 +114,13 @@ def _rollout_args(p: argparse.ArgumentParser) -> None:
 
 @command("rollout", "run a policy and save complete episodes as a dataset", _rollout_args)
 def run_rollout(args: argparse.Namespace) -> int:
+    import torch
+
     from tdimitation.data import rollout, rollout_stats
     from tdimitation.data.storage import save_trajectories
     from tdimitation.envs import make_env
     from tdimitation.policies import policy_from_string
+    from tdimitation.rng import isolated_sampling
 
     if args.episodes is None and args.timesteps is None:
         args.episodes = 10
@@ -126,14 +129,17 @@ def run_rollout(args: argparse.Namespace) -> int:
     )
     try:
         policy = policy_from_string(args.policy, env=env, **_seed_kwargs(args.policy, args.seed))
-        trajectories = rollout(
-            policy,
-            env,
-            min_episodes=args.episodes,
-            min_timesteps=args.timesteps,
-            deterministic=args.deterministic,
-            progress=sys.stderr.isatty(),
-        )
+        # Sampled actions draw from a generator of --seed, so a rollout repeats.
+        sampler = policy if isinstance(policy, torch.nn.Module) else None
+        with isolated_sampling(sampler, args.seed):
+            trajectories = rollout(
+                policy,
+                env,
+                min_episodes=args.episodes,
+                min_timesteps=args.timesteps,
+                deterministic=args.deterministic,
+                progress=sys.stderr.isatty(),
+            )
     finally:
         env.close()
     path = save_trajectories(
@@ -265,7 +271,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--episodes", type=int, default=20, help="minimum number of episodes")
     p.add_argument("--num-envs", type=int, default=8, help="sub-envs stepped together")
-    p.add_argument("--seed", type=int, default=0, help="seed of the envs (and of a random policy)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the envs and of sampled actions")
     p.add_argument("--stochastic", action="store_true", help="sample actions (off: greedy)")
     p.add_argument("--fixed-horizon", type=int, default=None, help="episode length H")
     p.add_argument("--video", default=None, help="also record one episode to this .gif/.mp4")

@@ -7,6 +7,7 @@ from pathlib import Path
 import datasets
 import gymnasium as gym
 import pytest
+import torch
 
 from tdimitation.cli import main
 from tdimitation.data import load_minari
@@ -39,6 +40,23 @@ def test_rollout_then_stats(tmp_path, capsys):
     assert trajectory_metadata(out)["env_id"] == "CartPole-v1"
     assert main(["stats", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n_transitions"] == stats["n_transitions"]
+
+
+def test_rollout_samples_actions_from_its_seed(tmp_path):
+    from tdimitation.policies import save_policy
+    from tdimitation.rl.ppo import PPO
+
+    untrained = PPO("Pendulum-v1", num_envs=1, n_steps=64, batch_size=64, total_frames=64)
+    policy = f"tdimitation:{save_policy(untrained.export_policy(), tmp_path / 'p.pt')}"
+    actions = []
+    for run, seed in enumerate(("3", "3", "4")):
+        out = tmp_path / f"run{run}"
+        argv = ["rollout", "--env", "Pendulum-v1", "--policy", policy, "--episodes", "1"]
+        assert main([*argv, "--num-envs", "1", "--seed", seed, "--out", str(out)]) == 0
+        actions.append(load_trajectories(out)["action"])
+    first, again, other_seed = actions
+    assert torch.equal(first, again)  # the same seed draws the same actions
+    assert not torch.equal(first, other_seed)
 
 
 def test_rollout_random_policy_on_fixed_horizon_env(tmp_path, capsys):
