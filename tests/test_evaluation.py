@@ -105,8 +105,8 @@ def test_cli_eval_logs_metrics_params_and_video_to_mlflow(tmp_path, capsys, monk
 
 
 def test_cli_eval_samples_actions_from_its_seed(tmp_path, capsys):
-    from tdimitation.rl.ppo import PPO
     from tdimitation.policies import save_policy
+    from tdimitation.rl.ppo import PPO
 
     untrained = PPO("Pendulum-v1", num_envs=1, n_steps=64, batch_size=64, total_frames=64)
     policy = f"tdimitation:{save_policy(untrained.export_policy(), tmp_path / 'p.pt')}"
