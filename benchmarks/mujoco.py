@@ -221,16 +221,17 @@ def store_reference_returns(dataset: Path, scores: dict, expert: str) -> None:
     save_trajectories(dataset, demos, env_id=scores["env_id"], metadata=metadata)
 
 
-def run_curve(data_dir: Path, run_name: str) -> tuple[str, str, np.ndarray, np.ndarray] | None:
+def run_curve(
+    data_dir: Path, run_name: str, experiment: str = EXPERIMENT
+) -> tuple[str, str, np.ndarray, np.ndarray] | None:
     """A run's learning curve as ``tdimitation analyze`` draws it: metric, x-axis, points."""
     from tdimitation.analysis.curves import run_points
     from tdimitation.runrecord import CURVES, X_AXES
     from tdimitation.tracking import store_client
 
     client = store_client(f"sqlite:///{data_dir / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(EXPERIMENT)
     run = client.search_runs(
-        [experiment.experiment_id],
+        [client.get_experiment_by_name(experiment).experiment_id],
         filter_string=f"attributes.run_name = '{run_name}' and attributes.status = 'FINISHED'",
     )[0]
     histories = {

@@ -1,0 +1,212 @@
+"""Trial runs of a MuJoCo benchmark recipe with changed settings, before the recipe changes.
+
+A trial is ``tdimitation fit`` of a benchmark recipe (``recipes/<algorithm>/<task>_fixed.yaml``)
+with some settings overridden, on the benchmark's expert and demonstrations, scored like a
+cell of ``benchmarks/mujoco.py`` (the fit's final evaluation over the expert's return). Each
+finished trial appends one line to ``benchmarks/results/mujoco_trials.jsonl``, naming the
+recipe's settings fingerprint and the overrides, so a recipe's header can cite the trials
+behind its choices. A trial already recorded under the same name and seed is not rerun.
+
+Examples (a trial of two seeds side by side; the RESULTS.md table of all trials)::
+
+    python benchmarks/mujoco_trials.py --task hopper --algorithm gail --seeds 0 1 --jobs 2 \\
+        --name disc1step \\
+        --set 'model.init_args.n_disc_updates_per_round=1'
+    python benchmarks/mujoco_trials.py --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+# The benchmark's module, loaded by path: its file name is the simulator's package's.
+_spec = importlib.util.spec_from_file_location("mujoco_benchmark", HERE / "mujoco.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+TRIALS = bench.ROOT / "benchmarks" / "results" / "mujoco_trials.jsonl"
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``key=value`` with a YAML value, as the command line's ``--set`` takes it."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
+def run_trial(args: argparse.Namespace, seed: int, expert: dict) -> dict:
+    recipe = f"{args.algorithm}/{args.task}_fixed"
+    experiment = f"{args.task}-diagnostics"
+    run_name = f"{args.algorithm}-{args.task}-{args.name}-seed{seed}"
+    command = bench._cli(
+        "fit",
+        "--config",
+        str(bench.ROOT / "recipes" / f"{recipe}.yaml"),
+        "--run.data_dir",
+        str(args.data_dir),
+        "--run.experiment",
+        experiment,
+        "--run.name",
+        run_name,
+        "--run.video",
+        "false",
+        "--model.init_args.seed",
+        str(seed),
+        "--data.init_args.path",
+        str(bench.demonstrations_dir(args.data_dir, args.task)),
+    )
+    for key, value in args.overrides:
+        command += [f"--{key}", json.dumps(value)]
+    _, wall = bench._run(command, f"{recipe} ({run_name})")
+    metrics = bench.final_metrics(args.data_dir, experiment, run_name)
+    curve = bench.run_curve(args.data_dir, run_name, experiment)
+    return {
+        "stage": "trial",
+        "task": args.task,
+        "algorithm": args.algorithm,
+        "seed": seed,
+        "recipe": f"recipes/{recipe}.yaml",
+        "recipe_digest": bench.recipe_digest(recipe),
+        "overrides": dict(args.overrides),
+        "return_mean": metrics["eval/return_mean"],
+        "episodes": int(metrics["eval/n_traj"]),
+        "ratio": metrics["eval/return_mean"] / expert["return_mean"],
+        "frames": int(metrics.get("frames", 0)),
+        "process_seconds": wall,
+        "experiment": experiment,
+        "run_name": run_name,
+        "date": date.today().isoformat(),
+        "curve": bench.curve_record(curve),
+    }
+
+
+def trial_label(row: dict) -> str:
+    """The trial's name: its run name without the algorithm, task and seed."""
+    prefix = f"{row['algorithm']}-{row['task']}-"
+    return row["run_name"].removeprefix(prefix).rsplit("-seed", 1)[0]
+
+
+def _settings(overrides: dict) -> str:
+    return "; ".join(
+        f"`{key.removeprefix('model.init_args.')}: {json.dumps(value)}`"
+        for key, value in overrides.items()
+    )
+
+
+def table(trials: list[dict], cells: list[dict]) -> str:
+    """One line per trial: its ratios beside the benchmark's recorded cells on those seeds."""
+    recorded = {
+        (r["task"], r["algorithm"], r["seed"]): r["ratio"] for r in cells if r["stage"] == "cell"
+    }
+    groups: dict[tuple, list[dict]] = {}
+    for row in trials:
+        if "run_name" in row:
+            groups.setdefault((row["task"], row["algorithm"], trial_label(row)), []).append(row)
+    lines = [
+        "| task | algorithm | trial | settings changed | seeds | trial ratio (per seed) "
+        "| recorded cells, same seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (task, algorithm, label), rows in groups.items():
+        rows = sorted(rows, key=lambda r: r["seed"])
+        ratios = [r["ratio"] for r in rows]
+        same = [recorded.get((task, algorithm, r["seed"])) for r in rows]
+        per_seed = " / ".join(f"{x:.2f}" for x in ratios)
+        cell_text = (
+            f"{statistics.mean(same):.2f} ({' / '.join(f'{x:.2f}' for x in same)})"
+            if None not in same
+            else "not recorded"
+        )
+        lines.append(
+            f"| {task} | {algorithm} | {label} | {_settings(rows[0]['overrides'])} "
+            f"| {' '.join(str(r['seed']) for r in rows)} "
+            f"| {statistics.mean(ratios):.2f} ({per_seed}) | {cell_text} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=list(bench.TASKS))
+    parser.add_argument("--algorithm", choices=["gail", "airl", "bc"])
+    parser.add_argument("--seeds", nargs="+", type=int)
+    parser.add_argument("--name", help="the trial's label in its run names")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        type=parse_override,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a recipe setting to override (VALUE is YAML); repeatable",
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="trials run side by side")
+    parser.add_argument("--data-dir", type=Path, default=bench.ROOT / "tdimitation_data" / "mujoco")
+    parser.add_argument(
+        "--write", action="store_true", help="regenerate the RESULTS.md table of the trials"
+    )
+    args = parser.parse_args()
+    args.data_dir = args.data_dir.resolve()
+    rows = bench.load_results(bench.ROOT / "benchmarks" / "results" / "mujoco.jsonl")
+    if args.task is not None:
+        if None in (args.algorithm, args.seeds, args.name):
+            parser.error("a trial needs --task, --algorithm, --seeds and --name")
+        run_trials(args, rows)
+    text = table(bench.load_results(TRIALS), rows)
+    print(text)
+    if args.write:
+        intro = (
+            "Trials of changed settings before a recipe changes, beside the benchmark's recorded "
+            "cells of the current recipes on the same seeds. Generated by "
+            "`benchmarks/mujoco_trials.py --write` from `benchmarks/results/mujoco_trials.jsonl`."
+            "\n\n"
+        )
+        bench.write_section(
+            "<!-- recipes:mujoco-trials:begin -->",
+            "<!-- recipes:mujoco-trials:end -->",
+            intro + text,
+            heading="### MuJoCo trials",
+        )
+
+
+def run_trials(args: argparse.Namespace, rows: list[dict]) -> None:
+    """Run the trial's seeds not yet recorded, ``--jobs`` at a time."""
+    # The task's newest expert line, as benchmarks/mujoco.py reads it.
+    experts = [r for r in rows if r["stage"] == "expert" and r["task"] == args.task]
+    expert = experts[-1] if experts else None
+    if expert is None:
+        raise SystemExit(f"no expert of {args.task} recorded: run benchmarks/mujoco.py first")
+    done = {(r["run_name"], r["seed"]) for r in bench.load_results(TRIALS) if "run_name" in r}
+    seeds = [
+        s
+        for s in args.seeds
+        if (f"{args.algorithm}-{args.task}-{args.name}-seed{s}", s) not in done
+    ]
+
+    def one(seed: int) -> dict:
+        row = run_trial(args, seed, expert)
+        bench._append(TRIALS, row)
+        print(
+            f"{args.task} {args.algorithm} {args.name} seed {seed}: ratio {row['ratio']:.3f}",
+            flush=True,
+        )
+        return row
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        results = list(pool.map(one, seeds))
+    if results:
+        ratios = [r["ratio"] for r in results]
+        print(f"mean ratio over seeds {seeds}: {statistics.mean(ratios):.3f}")
+
+
+if __name__ == "__main__":
+    main()
