@@ -85,7 +85,8 @@ def main() -> None:
     args = parser.parse_args()
     done = bench.load_results(OUTPUT)
     seen = {(r["task"], r["policy"]) for r in done}
-    todo = [p for p in policies(args.tasks, args.algorithm, args.data_dir) if p[:2] not in seen]
+    current = policies(args.tasks, args.algorithm, args.data_dir)
+    todo = [p for p in current if p[:2] not in seen]
     started = time.perf_counter()
     for i, (task, name, checkpoint) in enumerate(todo):
         row = {"task": task, "policy": name, "episodes": EPISODES}
@@ -100,7 +101,9 @@ def main() -> None:
             f"sampled {row['sampled']:.1f}; ETA {eta / 60:.0f} min",
             flush=True,
         )
-    text = table([r for r in done if r["task"] in args.tasks], args.algorithm)
+    # Only the recorded cells' policies: rows of superseded cells stay in the file.
+    wanted = {p[:2] for p in current}
+    text = table([r for r in done if (r["task"], r["policy"]) in wanted], args.algorithm)
     print(text)
     if args.write:
         intro = (

@@ -98,3 +98,35 @@ def test_curve_is_recorded_from_the_store_and_drawn_from_the_results(tmp_path):
     paths = bench.plot_learning_curves(rows, tmp_path / "curves")
     assert [p.name for p in paths] == ["learning_curve_tdimitation-HalfCheetahFixed-v5.png"]
     assert paths[0].stat().st_size > 10_000
+
+
+def test_trials_table_sets_each_trial_beside_the_recorded_cells_of_its_seeds():
+    spec = importlib.util.spec_from_file_location(
+        "mujoco_trials", ROOT / "benchmarks/mujoco_trials.py"
+    )
+    trials = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trials)
+    override = {"model.init_args.gradient_penalty": 10}
+    rows = [
+        {
+            "stage": "trial",
+            "task": "hopper",
+            "algorithm": "gail",
+            "seed": seed,
+            "ratio": ratio,
+            "overrides": override,
+            "run_name": f"gail-hopper-gp10-seed{seed}",
+        }
+        for seed, ratio in ((1, 1.02), (0, 0.95))
+    ]
+    rows.append(dict(rows[0], seed=7, ratio=0.5, run_name="gail-hopper-5M-seed7"))
+    cells = [
+        {"stage": "cell", "task": "hopper", "algorithm": "gail", "seed": 0, "ratio": 0.89},
+        {"stage": "cell", "task": "hopper", "algorithm": "gail", "seed": 1, "ratio": 0.91},
+    ]
+    lines = trials.table(rows, cells).splitlines()
+    assert len(lines) == 4  # header, rule, one line per trial
+    gp10 = next(line for line in lines if "| gp10 |" in line)
+    assert "`gradient_penalty: 10`" in gp10
+    assert "| 0 1 | 0.98 (0.95 / 1.02) | 0.90 (0.89 / 0.91) |" in gp10  # seeds in order
+    assert next(line for line in lines if "| 5M |" in line).endswith("| not recorded |")
