@@ -106,12 +106,14 @@ def _run(command: list[str], what: str) -> tuple[subprocess.CompletedProcess, fl
     return done, time.perf_counter() - started
 
 
-def _fit(recipe: str, run_name: str, data_dir: Path, extra: list[str]) -> tuple[dict, float]:
+def _fit(
+    recipe: str, run_name: str, data_dir: Path, extra: list[str], experiment: str = EXPERIMENT
+) -> tuple[dict, float]:
     """One fit as a whole process, resumed from its own checkpoint if one was left."""
-    if finished_run(data_dir, run_name):  # done by an earlier sitting that then stopped
-        metrics = final_metrics(data_dir, EXPERIMENT, run_name)
+    if finished_run(data_dir, run_name, experiment):  # done by an earlier sitting
+        metrics = final_metrics(data_dir, experiment, run_name)
         return metrics, metrics["time/fit_seconds"]
-    checkpoint = data_dir / "runs" / EXPERIMENT / run_name / "last.ckpt"
+    checkpoint = data_dir / "runs" / experiment / run_name / "last.ckpt"
     resume = ["--ckpt-path", str(checkpoint)] if checkpoint.exists() else []
     command = _cli(
         "fit",
@@ -120,7 +122,7 @@ def _fit(recipe: str, run_name: str, data_dir: Path, extra: list[str]) -> tuple[
         "--run.data_dir",
         str(data_dir),
         "--run.experiment",
-        EXPERIMENT,
+        experiment,
         "--run.name",
         run_name,
         "--run.video",
@@ -129,21 +131,21 @@ def _fit(recipe: str, run_name: str, data_dir: Path, extra: list[str]) -> tuple[
         *resume,
     )
     _, wall = _run(command, f"{recipe} ({run_name})")
-    return final_metrics(data_dir, EXPERIMENT, run_name), wall
+    return final_metrics(data_dir, experiment, run_name), wall
 
 
-def finished_run(data_dir: Path, run_name: str) -> bool:
+def finished_run(data_dir: Path, run_name: str, experiment: str = EXPERIMENT) -> bool:
     """Whether the benchmark's MLflow store holds a finished run of this name."""
     if not (data_dir / "mlflow.db").exists():
         return False
     from tdimitation.tracking import store_client
 
     client = store_client(f"sqlite:///{data_dir / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
         return False
     runs = client.search_runs(
-        [experiment.experiment_id],
+        [found.experiment_id],
         filter_string=f"attributes.run_name = '{run_name}' and attributes.status = 'FINISHED'",
     )
     return bool(runs)

@@ -43,31 +43,19 @@ def parse_override(text: str) -> tuple[str, object]:
     return key, yaml.safe_load(value)
 
 
+def trial_run_name(algorithm: str, task: str, name: str, seed: int) -> str:
+    return f"{algorithm}-{task}-{name}-seed{seed}"
+
+
 def run_trial(args: argparse.Namespace, seed: int, expert: dict) -> dict:
     recipe = f"{args.algorithm}/{args.task}_fixed"
     experiment = f"{args.task}-diagnostics"
-    run_name = f"{args.algorithm}-{args.task}-{args.name}-seed{seed}"
-    command = bench._cli(
-        "fit",
-        "--config",
-        str(bench.ROOT / "recipes" / f"{recipe}.yaml"),
-        "--run.data_dir",
-        str(args.data_dir),
-        "--run.experiment",
-        experiment,
-        "--run.name",
-        run_name,
-        "--run.video",
-        "false",
-        "--model.init_args.seed",
-        str(seed),
-        "--data.init_args.path",
-        str(bench.demonstrations_dir(args.data_dir, args.task)),
-    )
+    run_name = trial_run_name(args.algorithm, args.task, args.name, seed)
+    extra = ["--model.init_args.seed", str(seed)]
+    extra += ["--data.init_args.path", str(bench.demonstrations_dir(args.data_dir, args.task))]
     for key, value in args.overrides:
-        command += [f"--{key}", json.dumps(value)]
-    _, wall = bench._run(command, f"{recipe} ({run_name})")
-    metrics = bench.final_metrics(args.data_dir, experiment, run_name)
+        extra += [f"--{key}", json.dumps(value)]
+    metrics, wall = bench._fit(recipe, run_name, args.data_dir, extra, experiment)
     curve = bench.run_curve(args.data_dir, run_name, experiment)
     return {
         "stage": "trial",
@@ -189,7 +177,7 @@ def run_trials(args: argparse.Namespace, rows: list[dict]) -> None:
     seeds = [
         s
         for s in args.seeds
-        if (f"{args.algorithm}-{args.task}-{args.name}-seed{s}", s) not in done
+        if (trial_run_name(args.algorithm, args.task, args.name, s), s) not in done
     ]
 
     def one(seed: int) -> dict:
