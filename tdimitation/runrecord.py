@@ -14,6 +14,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from tdimitation.errors import TrackingError
@@ -144,27 +145,61 @@ def _plain(value: Any) -> Any:
 
 
 # -------------------------------------------------------------------- signals
+# A KeyboardInterrupt raised inside one of these leaves the run store's sqlite database
+# locked by a transaction nobody ends, and every later write of the process (marking
+# the run KILLED) fails with "database is locked".
+_STORE_MODULES = ("mlflow", "sqlalchemy", "sqlite3")
+# How often a signal that came during a store write checks whether the write is done.
+_DEFER_SECONDS = 0.01
+
+
+def _inside_store_call(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(_STORE_MODULES):
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextlib.contextmanager
 def interrupt_on_signals() -> Iterator[list[int]]:
     """Turn SIGTERM and SIGINT into ``KeyboardInterrupt`` and record which came.
 
     Lightning stops a fit cleanly on ``KeyboardInterrupt``; the caller marks the run
-    KILLED. The previous handlers are restored on exit. Outside the main thread (where
-    handlers cannot be installed) nothing changes.
+    KILLED. A signal that lands inside a write to the run store is raised as soon as the
+    write is done (checked every 10 ms with SIGALRM, where the platform has it), so the
+    store stays writable. The previous handlers are restored on exit. Outside the main
+    thread (where handlers cannot be installed) nothing changes.
     """
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield received
         return
+    can_defer = hasattr(signal, "setitimer")
 
-    def handler(signum: int, frame) -> None:
+    def raise_unless_writing(frame: FrameType | None) -> None:
+        if can_defer and _inside_store_call(frame):
+            signal.setitimer(signal.ITIMER_REAL, _DEFER_SECONDS)
+            return
+        raise KeyboardInterrupt(signal.Signals(received[0]).name)
+
+    def on_stop_signal(signum: int, frame: FrameType | None) -> None:
         received.append(signum)
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+        raise_unless_writing(frame)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    def on_deferral_alarm(signum: int, frame: FrameType | None) -> None:
+        if received:
+            raise_unless_writing(frame)
+
+    handlers = {signal.SIGTERM: on_stop_signal, signal.SIGINT: on_stop_signal}
+    if can_defer:
+        handlers[signal.SIGALRM] = on_deferral_alarm
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     try:
         yield received
     finally:
+        if can_defer:
+            signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, old in previous.items():
             signal.signal(sig, old)
 

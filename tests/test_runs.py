@@ -20,9 +20,12 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow import MlflowClient
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 import tdimitation
 from tdimitation.cli import main
+from tdimitation.runrecord import interrupt_on_signals
 from tdimitation.runs import TAG_LAST_STEP, TAG_RECIPE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,7 +287,7 @@ def test_a_sigkilled_run_is_marked_killed_by_the_next_runs_command(interrupted):
 
 
 def test_sigterm_marks_the_run_killed_and_exits_non_zero(interrupted):
-    assert interrupted["sigterm_rc"] == 128 + signal.SIGTERM
+    assert interrupted["sigterm_rc"] == 128 + signal.SIGTERM, interrupted["sigterm_stderr"][-3000:]
     assert interrupted["status_after_sigterm"] == "KILLED"
     assert "stopped by SIGTERM" in interrupted["sigterm_stderr"]
 
@@ -390,3 +393,34 @@ def test_eval_refuses_an_unknown_run_before_evaluating(data, capsys):
     assert main([*argv, "--data-dir", str(data), "--run", "0123abc"]) == 2
     err = capsys.readouterr().err.strip()
     assert "no MLflow run '0123abc'" in err and len(err.splitlines()) == 1
+
+
+def test_a_signal_during_a_store_write_stops_the_fit_after_the_write(tmp_path):
+    """SIGTERM sent as an MLflow write commits: the write completes, then the interrupt.
+
+    Raised inside the commit, the interrupt would leave the sqlite database locked, and
+    marking the run KILLED would fail ("database is locked") and end the fit with status 1.
+    """
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = client.create_run(client.create_experiment("signals")).info.run_id
+    armed = [True]
+
+    def terminate_at_commit(*args) -> None:
+        if armed:
+            armed.clear()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    event.listen(Engine, "commit", terminate_at_commit)
+    try:
+        with interrupt_on_signals() as received, pytest.raises(KeyboardInterrupt):
+            client.log_metric(run_id, "loss", 0.5, step=3)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                time.sleep(0.001)
+    finally:
+        event.remove(Engine, "commit", terminate_at_commit)
+    assert not armed and received == [signal.SIGTERM]
+    client.set_terminated(run_id, "KILLED")
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.metrics == {"loss": 0.5}
