@@ -54,7 +54,8 @@ def run_trial(args: argparse.Namespace, seed: int, expert: dict) -> dict:
     extra = ["--model.init_args.seed", str(seed)]
     extra += ["--data.init_args.path", str(bench.demonstrations_dir(args.data_dir, args.task))]
     for key, value in args.overrides:
-        extra += [f"--{key}", json.dumps(value)]
+        # The command line reads a string setting verbatim (JSON quotes would stay in it).
+        extra += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
     metrics, wall = bench._fit(recipe, run_name, args.data_dir, extra, experiment)
     curve = bench.run_curve(args.data_dir, run_name, experiment)
     return {
