@@ -96,7 +96,8 @@ class AdversarialImitation(OnlineAlgorithm):
             ``log D - log(1 - D)``; AIRL: ``"f"``, the shaped reward net, or ``"logit"`` =
             ``f - log pi``, which adds the policy's entropy to the objective).
         bc_warmstart_epochs: epochs of behavioral cloning of the generator's policy on the
-            demonstrations before the first round (0: none).
+            demonstrations before the first rollout (0: none). A policy that normalises
+            its observations starts its statistics from the demonstrations'.
         debug_true_reward: train the generator on the env's reward (the discriminator
             still trains and is logged): tells a weak generator from a weak discriminator.
         allow_variable_horizon: accept episodes of different lengths. Off by default:
@@ -288,6 +289,15 @@ class AdversarialImitation(OnlineAlgorithm):
         self._return_carry.copy_(carry)
         self.reward_norm.update(returns)
 
+    def training_step(self, round_index: int, batch_idx: int) -> None:
+        # The warm start comes before the first collection, so the first round's rollouts
+        # (and the log-probs PPO's ratios start from) are the cloned policy's.
+        if not self._warm_started:
+            self._warm_started = True
+            if self.hparams.bc_warmstart_epochs and self.frames == 0:
+                self.behavioral_cloning(self.hparams.bc_warmstart_epochs)
+        super().training_step(round_index, batch_idx)
+
     def training_round(self, batch: TensorDictBase) -> None:
         hp = self.hparams
         gen_optimizer, disc_optimizer = self.optimizers()
@@ -295,10 +305,6 @@ class AdversarialImitation(OnlineAlgorithm):
             done = batch.get(("next", "done"))[..., 0]
             lengths = batch.get(("next", "step_count"))[..., 0][done]
             self._check_horizon(lengths, "the generator's rollouts")
-        if not self._warm_started:
-            self._warm_started = True
-            if hp.bc_warmstart_epochs and self.frames == 0:
-                self.behavioral_cloning(hp.bc_warmstart_epochs)
 
         start = time.perf_counter()
         self.store_transitions(self.gen_buffer, batch)
@@ -358,7 +364,15 @@ class AdversarialImitation(OnlineAlgorithm):
         return {"episode/learned_return": float(returns.mean())}
 
     def behavioral_cloning(self, epochs: int, batch_size: int = 64, lr: float = 1e-3) -> None:
-        """Warm-start the generator's policy by behavioral cloning on the demonstrations."""
+        """Warm-start the generator's policy by behavioral cloning on the demonstrations.
+
+        A policy that normalises its observations first folds the demonstrations into its
+        statistics: cloned under the untouched (identity) statistics, it would see its
+        inputs rescaled as soon as the first round's observations are folded in.
+        """
+        obs_norm = getattr(getattr(self.generator, "actor", None), "obs_norm", None)
+        if obs_norm is not None:
+            obs_norm.update(self.demonstrations["observation"])
         actor = self.generator.export_policy()
         loss_module = BCLoss(actor, ent_weight=1e-3)
         optimizer = torch.optim.Adam(actor.parameters(), lr=lr)

@@ -217,6 +217,36 @@ def test_rounds_train_both_networks_and_log_both_returns(cls, cartpole_demos):
     assert model.reward_norm.count.item() == 2 * 128
 
 
+def test_bc_warm_start_clones_before_the_first_rollout_in_the_demonstrations_scale(
+    cartpole_demos,
+):
+    env = make_env(CARTPOLE_FIXED, num_envs=1, seed=0)
+    expert = policy_from_string("scripted", env=env)
+    env.close()
+
+    def first_round(warm_start_epochs: int):
+        generator_kwargs = {"n_steps": 64, "batch_size": 64, "n_epochs": 1}
+        model = small(
+            GAIL,
+            cartpole_demos,
+            generator_kwargs=generator_kwargs | {"normalize_observations": True},
+            bc_warmstart_epochs=warm_start_epochs,
+        )
+        trainer().fit(model)
+        rollout = model.last_batch.reshape(-1)
+        expert_actions = expert(rollout.select("observation").clone())["action"]
+        agreement = (rollout["action"] == expert_actions).float().mean().item()
+        return agreement, model.generator.actor.obs_norm.count.item()
+
+    cloned_agreement, cloned_count = first_round(20)
+    cold_agreement, cold_count = first_round(0)
+    # The first round's rollouts already come from the cloned policy.
+    assert cloned_agreement > 0.9 > cold_agreement
+    # The demonstrations are in the observation statistics the policy was cloned under.
+    assert cold_count == 256
+    assert cloned_count == cartpole_demos.numel() + 256
+
+
 def test_return_based_reward_scaling_follows_discounted_returns(cartpole_demos):
     model = small(GAIL, cartpole_demos, normalize_reward="return")
     gamma = model.generator.hparams.gamma
