@@ -370,7 +370,7 @@ class AdversarialImitation(OnlineAlgorithm):
         statistics: cloned under the untouched (identity) statistics, it would see its
         inputs rescaled as soon as the first round's observations are folded in.
         """
-        obs_norm = getattr(getattr(self.generator, "actor", None), "obs_norm", None)
+        obs_norm = getattr(self.generator.actor, "obs_norm", None)
         if obs_norm is not None:
             obs_norm.update(self.demonstrations["observation"])
         actor = self.generator.export_policy()
