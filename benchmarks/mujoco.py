@@ -302,6 +302,8 @@ def run_cell(algorithm: str, task: str, seed: int, data_dir: Path, expert: dict)
     extra = ["--model.init_args.seed", str(seed)]
     if algorithm == "dagger":
         extra += ["--model.init_args.expert", f"tdimitation:{expert_checkpoint(data_dir, task)}"]
+        # The demonstrations' stored returns tag the run, as they tag the other cells.
+        extra += ["--model.init_args.reference_data", str(demonstrations_dir(data_dir, task))]
     else:
         extra += ["--data.init_args.path", str(demonstrations_dir(data_dir, task))]
     metrics, wall = _fit(f"{algorithm}/{task}_fixed", run_name, data_dir, extra)

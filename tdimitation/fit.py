@@ -450,18 +450,23 @@ def _fit_and_record(cli: _FitCLI, logger, checkpoints: PeriodicCheckpoint, last_
     logger.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
     logger.flush()  # the learning curve below reads them back from the store
     client.set_tag(run_id, TAG_LAST_STEP, str(step))
-    _record_reference_returns(client, run_id, cli.datamodule)
+    _record_reference_returns(client, run_id, cli.datamodule, model)
     client.log_text(run_id, config_yaml, "config.yaml")
     if checkpoints.path.exists():
         client.log_artifact(run_id, str(checkpoints.path), "checkpoints")
     _log_artifacts(model, client, run_id, checkpoints.dirpath, run_cfg)
 
 
-def _record_reference_returns(client, run_id: str, datamodule) -> None:
-    """Tag the run with the random and expert returns its demonstrations were stored with."""
+def _record_reference_returns(client, run_id: str, datamodule, model) -> None:
+    """Tag the run with the random and expert returns its demonstrations were stored with.
+
+    The demonstrations are the data module's, or for a module that learns from an expert
+    directly (DAgger), the dataset it was given as its reference.
+    """
     from tdimitation.data.reference import EXPERT_RETURN, RANDOM_RETURN
 
     references = getattr(datamodule, "reference_returns", None)
+    references = references or getattr(model, "reference_returns", None)
     if references:
         client.set_tag(run_id, TAG_RANDOM_RETURN, repr(references[RANDOM_RETURN]))
         client.set_tag(run_id, TAG_EXPERT_RETURN, repr(references[EXPERT_RETURN]))

@@ -29,6 +29,7 @@ from tdimitation.algorithms.beta_schedules import (
     linear_beta,
 )
 from tdimitation.budget import TrainingBudget
+from tdimitation.data.reference import dataset_reference_returns
 from tdimitation.data.rollout import rollout
 from tdimitation.data.trajectory import ACTION, EPISODE, OBS, episode_runs, rollout_stats
 from tdimitation.errors import BudgetError
@@ -229,6 +230,11 @@ class DAgger(BC):
         memmap_threshold: memory-map the buffer when its full size exceeds this many
             bytes (default 1 GiB; 0: always; None: never).
         save_rounds_dir: write each round's trajectories to ``<dir>/round-XXX``.
+        reference_data: a trajectory dataset of the same expert (its demonstrations)
+            whose stored expert and random returns the fit records on its MLflow run, so
+            that ``tdimitation analyze`` gives DAgger runs normalised scores on the same
+            scale as the runs that learn from those demonstrations. Read when fitting
+            starts (:attr:`reference_returns`).
         expert_policy: a policy object (or plain callable) used instead of ``expert``.
         **bc_kwargs: arguments of :class:`BC` (batch size, learning rate, network...),
             except ``n_epochs``/``n_batches`` (DAgger trains ``bc_epochs`` per round).
@@ -255,6 +261,7 @@ class DAgger(BC):
         memmap_dir: str | None = None,
         memmap_threshold: int | None = 2**30,
         save_rounds_dir: str | None = None,
+        reference_data: str | None = None,
         expert_policy: Any = None,
         **bc_kwargs: Any,
     ) -> None:
@@ -341,6 +348,8 @@ class DAgger(BC):
         self.buffer = ReplayBuffer(storage=storage, writer=RoundRobinWriter())
         self.round = 0
         self.transitions_collected = 0
+        #: the expert's and a random policy's returns from ``reference_data`` (None: none)
+        self.reference_returns: dict[str, float] | None = None
         # Transition counts at which each round / each episode started (for the bounded
         # buffer's bookkeeping: which rounds and complete episodes it still holds).
         self._round_starts: list[int] = []
@@ -384,6 +393,12 @@ class DAgger(BC):
         n_rounds = self.hparams.n_rounds
         done = self.round if checkpoint is None else int(checkpoint["tdimitation"]["round"])
         return TrainingBudget("n_rounds", n_rounds, "rounds", done, n_rounds)
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        # Read here, not in __init__: loading a checkpoint must not need the dataset.
+        if self.hparams.reference_data is not None:
+            self.reference_returns = dataset_reference_returns(self.hparams.reference_data)
 
     # ------------------------------------------------------------------- data
     def train_dataloader(self) -> DataLoader:

@@ -73,10 +73,31 @@ def reference_returns(metadata: dict[str, Any] | None) -> dict[str, float] | Non
     return {RANDOM_RETURN: random_return, EXPERT_RETURN: expert_return}
 
 
+def dataset_reference_returns(path: str) -> dict[str, float]:
+    """The random and expert returns stored with the trajectory dataset at ``path``.
+
+    For a run that learns from an expert rather than a dataset (DAgger), so that its
+    normalised score is computed on the same scale as the runs that learn from the
+    expert's demonstrations. ``TrajectoryFileError`` (an ``OSError``) when nothing is at
+    ``path``; ``TrajectoryError`` (a ``ValueError``) when the dataset stores no returns.
+    """
+    from tdimitation.data.storage import trajectory_metadata
+    from tdimitation.errors import TrajectoryError
+
+    references = reference_returns(trajectory_metadata(path).get("metadata"))
+    if references is None:
+        raise TrajectoryError(
+            f"the dataset at {path} stores no expert and random returns; give a dataset "
+            "collected from an expert (tdimitation rollout or DemonstrationData), or none"
+        )
+    return references
+
+
 __all__ = [
     "EXPERT_RETURN",
     "RANDOM_EPISODES",
     "RANDOM_RETURN",
+    "dataset_reference_returns",
     "measure_reference_returns",
     "reference_returns",
 ]

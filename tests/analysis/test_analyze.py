@@ -21,7 +21,10 @@ from mlflow.entities import Metric, Param, RunTag
 
 from tdimitation.analysis.statistics import iqm
 from tdimitation.cli import main
-from tdimitation.data.storage import trajectory_metadata
+from tdimitation.data.rollout import rollout
+from tdimitation.data.storage import save_trajectories, trajectory_metadata
+from tdimitation.envs import make_env
+from tdimitation.policies.registry import policy_from_string
 from tdimitation.runs import TAG_ALGORITHM, TAG_EXPERT_RETURN, TAG_RANDOM_RETURN
 
 BC_RETURNS = [50.0, 10, 1000, 30, 20, 60, 40, 70]  # IQM 45, mean 160
@@ -210,3 +213,62 @@ def test_fit_records_reference_returns_for_normalised_scores(tmp_path, capsys):
     final = run.data.metrics["eval/return_mean"]
     expected = (final - meta["random_return"]) / (500.0 - meta["random_return"])
     assert row["norm_iqm"] == pytest.approx(expected)
+
+
+DAGGER_RECIPE = """
+model:
+  class_path: tdimitation.algorithms.DAgger
+  init_args:
+    env_id: CartPole-v1
+    expert: scripted
+    n_rounds: 1
+    num_envs: 2
+    min_episodes: 2
+    bc_epochs: 1
+    batch_size: 32
+    hidden_sizes: [16]
+    reference_data: {reference}
+trainer:
+  enable_progress_bar: false
+  enable_model_summary: false
+run:
+  experiment: dagger-analyze
+  eval_episodes: 2
+  video: false
+"""
+
+
+def test_dagger_takes_its_reference_returns_from_the_experts_demonstrations(tmp_path, capsys):
+    data = tmp_path / "data"
+    bc_recipe = tmp_path / "bc.yaml"
+    bc_recipe.write_text(textwrap.dedent(BC_RECIPE))
+    assert main(["fit", "--config", str(bc_recipe), "--run.data_dir", str(data)]) == 0
+    (dataset,) = (data / "demos").iterdir()
+    meta = trajectory_metadata(dataset)["metadata"]
+    recipe = tmp_path / "dagger.yaml"
+    recipe.write_text(DAGGER_RECIPE.format(reference=dataset))
+    assert main(["fit", "--config", str(recipe), "--run.data_dir", str(data)]) == 0
+    client = _client(data)
+    (run,) = client.search_runs([client.get_experiment_by_name("dagger-analyze").experiment_id])
+    assert float(run.data.tags[TAG_EXPERT_RETURN]) == meta["expert_return"]
+    assert float(run.data.tags[TAG_RANDOM_RETURN]) == meta["random_return"]
+    capsys.readouterr()
+    out = tmp_path / "out"
+    argv = ["analyze", "--data-dir", str(data), "--experiment", "dagger-analyze"]
+    assert main(argv + ["--reps", "1000", "--no-mlflow", "--out", str(out)]) == 0
+    (row,) = json.loads((out / "analysis.json").read_text())["table"]
+    final = run.data.metrics["eval/return_mean"]
+    expected = (final - meta["random_return"]) / (500.0 - meta["random_return"])
+    assert row["norm_iqm"] == pytest.approx(expected)
+
+
+def test_dagger_refuses_reference_data_without_stored_returns(tmp_path, capsys):
+    data = tmp_path / "data"
+    bare = tmp_path / "bare"
+    env = make_env("CartPole-v1")
+    save_trajectories(bare, rollout(policy_from_string("scripted", env=env), env, min_episodes=1))
+    recipe = tmp_path / "dagger.yaml"
+    recipe.write_text(DAGGER_RECIPE.format(reference=bare))
+    assert main(["fit", "--config", str(recipe), "--run.data_dir", str(data)]) != 0
+    err = capsys.readouterr().err
+    assert f"the dataset at {bare} stores no expert and random returns" in err
