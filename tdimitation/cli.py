@@ -114,13 +114,10 @@ def _rollout_args(p: argparse.ArgumentParser) -> None:
 
 @command("rollout", "run a policy and save complete episodes as a dataset", _rollout_args)
 def run_rollout(args: argparse.Namespace) -> int:
-    import torch
-
     from tdimitation.data import rollout, rollout_stats
     from tdimitation.data.storage import save_trajectories
     from tdimitation.envs import make_env
     from tdimitation.policies import policy_from_string
-    from tdimitation.rng import isolated_sampling
 
     if args.episodes is None and args.timesteps is None:
         args.episodes = 10
@@ -130,16 +127,15 @@ def run_rollout(args: argparse.Namespace) -> int:
     try:
         policy = policy_from_string(args.policy, env=env, **_seed_kwargs(args.policy, args.seed))
         # Sampled actions draw from a generator of --seed, so a rollout repeats.
-        sampler = policy if isinstance(policy, torch.nn.Module) else None
-        with isolated_sampling(sampler, args.seed):
-            trajectories = rollout(
-                policy,
-                env,
-                min_episodes=args.episodes,
-                min_timesteps=args.timesteps,
-                deterministic=args.deterministic,
-                progress=sys.stderr.isatty(),
-            )
+        trajectories = rollout(
+            policy,
+            env,
+            min_episodes=args.episodes,
+            min_timesteps=args.timesteps,
+            deterministic=args.deterministic,
+            seed=args.seed,
+            progress=sys.stderr.isatty(),
+        )
     finally:
         env.close()
     path = save_trajectories(

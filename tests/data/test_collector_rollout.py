@@ -161,3 +161,16 @@ def test_collector_writes_into_a_fresh_batch_each_time():
     c.rollout()
     assert (first == snapshot).all()
     assert isinstance(first, TensorDict)
+
+
+def test_rollout_seed_fixes_sampled_actions_and_leaves_the_global_rngs_alone():
+    from tdimitation.rl.ppo import PPO
+
+    actor = PPO("Pendulum-v1", num_envs=1, n_steps=64, batch_size=64).export_policy()
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    runs = [rollout(actor, "Pendulum-v1", min_episodes=1, seed=seed) for seed in (3, 3, 4)]
+    first, again, other_seed = (run["action"] for run in runs)
+    assert torch.equal(first, again)  # the same seed samples the same actions
+    assert not torch.equal(first, other_seed)
+    assert torch.equal(torch.get_rng_state(), before)
