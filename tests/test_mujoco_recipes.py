@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 
 from tdimitation.data.rollout import rollout
 from tdimitation.data.storage import load_trajectories, save_trajectories
@@ -32,12 +33,16 @@ TASKS = {
 ALGORITHMS = ("ppo", "bc", "dagger", "gail", "airl")
 # One round of each: a small budget in the algorithm's own unit.
 ONE_ROUND = {
-    "ppo": ["--model.init_args.total_frames", "2048"],
     "bc": ["--model.init_args.n_epochs", "1", "--model.init_args.eval_every_n_epochs", "0"],
     "dagger": ["--model.init_args.n_rounds", "1", "--model.init_args.bc_epochs", "1"],
-    "gail": ["--model.init_args.total_frames", "2048"],
-    "airl": ["--model.init_args.total_frames", "2048"],
 }
+
+
+def _round(recipe: Path) -> str:
+    """Frames of one round of an online recipe: its sub-envs times its PPO steps each."""
+    settings = yaml.safe_load(recipe.read_text())["model"]["init_args"]
+    ppo = settings.get("generator_kwargs", settings)
+    return str(settings["num_envs"] * ppo["n_steps"])
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +72,9 @@ def test_mujoco_recipe_runs_one_round(task, algorithm, stand_ins, tmp_path, monk
     monkeypatch.setenv("TDIMITATION_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     monkeypatch.setattr(sys, "argv", ["tdimitation"])  # as fit_main does
-    one_round = ONE_ROUND[algorithm]
-    if task == "swimmer" and "--model.init_args.total_frames" in one_round:
-        one_round = ["--model.init_args.total_frames", "8192"]  # Swimmer's round: 4 x 2,048
-    argv = ["--config", str(RECIPES / algorithm / f"{task}_fixed.yaml"), *one_round]
+    recipe = RECIPES / algorithm / f"{task}_fixed.yaml"
+    one_round = ONE_ROUND.get(algorithm) or ["--model.init_args.total_frames", _round(recipe)]
+    argv = ["--config", str(recipe), *one_round]
     if algorithm == "dagger":
         argv += ["--model.init_args.expert", f"tdimitation:{expert}"]
     elif algorithm != "ppo":
