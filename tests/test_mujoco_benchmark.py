@@ -100,7 +100,7 @@ def test_curve_is_recorded_from_the_store_and_drawn_from_the_results(tmp_path):
     assert paths[0].stat().st_size > 10_000
 
 
-def test_trials_table_sets_each_trial_beside_the_recorded_cells_of_its_seeds():
+def test_trials_table_sets_each_trial_beside_its_base_recipes_cells_on_its_seeds():
     spec = importlib.util.spec_from_file_location(
         "mujoco_trials", ROOT / "benchmarks/mujoco_trials.py"
     )
@@ -115,18 +115,29 @@ def test_trials_table_sets_each_trial_beside_the_recorded_cells_of_its_seeds():
             "seed": seed,
             "ratio": ratio,
             "overrides": override,
+            "recipe_digest": "0ld0ld00",
             "run_name": f"gail-hopper-gp10-seed{seed}",
         }
         for seed, ratio in ((1, 1.02), (0, 0.95))
     ]
     rows.append(dict(rows[0], seed=7, ratio=0.5, run_name="gail-hopper-5M-seed7"))
+    # A trial recorded before fingerprints were kept: set beside the current recipe.
+    legacy = dict(rows[0], seed=0, ratio=0.9, run_name="gail-hopper-legacy-seed0")
+    del legacy["recipe_digest"]
+    rows.append(legacy)
+    cell = {"stage": "cell", "task": "hopper", "algorithm": "gail"}
     cells = [
-        {"stage": "cell", "task": "hopper", "algorithm": "gail", "seed": 0, "ratio": 0.89},
-        {"stage": "cell", "task": "hopper", "algorithm": "gail", "seed": 1, "ratio": 0.91},
+        # The recipe the trials changed, since superseded.
+        dict(cell, seed=0, ratio=0.89, recipe_digest="0ld0ld00", superseded="changed"),
+        dict(cell, seed=1, ratio=0.91, recipe_digest="0ld0ld00", superseded="changed"),
+        # The current recipe's cells on the same seeds, one recorded without a fingerprint.
+        dict(cell, seed=0, ratio=0.99),
+        dict(cell, seed=1, ratio=0.98, recipe_digest="ffffffff"),
     ]
     lines = trials.table(rows, cells).splitlines()
-    assert len(lines) == 4  # header, rule, one line per trial
+    assert len(lines) == 5  # header, rule, one line per trial
     gp10 = next(line for line in lines if "| gp10 |" in line)
     assert "`gradient_penalty: 10`" in gp10
     assert "| 0 1 | 0.98 (0.95 / 1.02) | 0.90 (0.89 / 0.91) |" in gp10  # seeds in order
     assert next(line for line in lines if "| 5M |" in line).endswith("| not recorded |")
+    assert next(line for line in lines if "| legacy |" in line).endswith("| 0.99 (0.99) |")
