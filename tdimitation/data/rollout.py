@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -84,64 +83,74 @@ def rollout(
     for name, value in (("min_episodes", min_episodes), ("min_timesteps", min_timesteps)):
         if value is not None and int(value) <= 0:
             raise ValueError(f"{name} must be a positive number, got {value}")
-    sampling = contextlib.nullcontext()
-    if seed is not None:
-        sampler = policy if isinstance(policy, torch.nn.Module) else None
-        sampling = isolated_sampling(sampler, seed)
-    with sampling:
-        # An id, an entry point or a user's env factory: build (and afterwards close) one env.
-        owns_env = isinstance(env, str) or (callable(env) and not hasattr(env, "batch_size"))
-        if owns_env:
-            from tdimitation.envs import make_env
-
-            env = make_env(env, seed=seed)
-        elif seed is not None:
-            env.set_seed(seed)
-        num_envs = int(env.batch_size[0])
-        if steps_per_batch is None:
-            target = math.ceil((min_timesteps or 0) / num_envs)
-            steps_per_batch = int(min(256, max(32, target // 4)))
-        exploration = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
-        collector = VecCollector(
-            env,
-            policy,
-            frames_per_batch=num_envs * steps_per_batch,
-            exploration_type=exploration,
-            close_env=False,
+    if seed is None:
+        return _collect_episodes(
+            policy, env, min_episodes, min_timesteps, deterministic, steps_per_batch, None, progress
         )
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+    sampler = policy if isinstance(policy, torch.nn.Module) else None
+    with isolated_sampling(sampler, seed):
+        return _collect_episodes(
+            policy, env, min_episodes, min_timesteps, deterministic, steps_per_batch, seed, progress
+        )
 
-            description = progress if isinstance(progress, str) else "rollout"
-            bar = tqdm(total=min_episodes, unit="episode", desc=description)
-        chunks: list[TensorDictBase] = []
-        done_parts: list[np.ndarray] = []
-        episode_parts: list[np.ndarray] = []
-        try:
-            while True:
-                batch = collector.rollout()
-                chunks.append(batch)
-                done_parts.append(batch.get(DONE)[..., 0].numpy())
-                episode_parts.append(batch.get(EPISODE).numpy())
-                done = np.concatenate(done_parts, axis=1)
-                if bar is not None:
-                    finished = int(done_parts[-1].sum())
-                    # Episodes running at the stop finish too: the bar stops at its total.
-                    bar.update(finished if bar.total is None else min(finished, bar.total - bar.n))
-                lengths = _steps_into_episode(np.concatenate(episode_parts, axis=1))
-                t_star = _stop_step(done, lengths, min_episodes, min_timesteps)
-                if t_star is None:
-                    continue
-                # Every sub-env must have finished the episode it was running at t_star.
-                if all(done[i, t_star:].any() for i in range(num_envs)):
-                    break
-        finally:
+
+def _collect_episodes(
+    policy, env, min_episodes, min_timesteps, deterministic, steps_per_batch, seed, progress
+) -> TensorDictBase:
+    """:func:`rollout`'s collection, its arguments checked."""
+    # An id, an entry point or a user's env factory: build (and afterwards close) one env.
+    owns_env = isinstance(env, str) or (callable(env) and not hasattr(env, "batch_size"))
+    if owns_env:
+        from tdimitation.envs import make_env
+
+        env = make_env(env, seed=seed)
+    elif seed is not None:
+        env.set_seed(seed)
+    num_envs = int(env.batch_size[0])
+    if steps_per_batch is None:
+        target = math.ceil((min_timesteps or 0) / num_envs)
+        steps_per_batch = int(min(256, max(32, target // 4)))
+    exploration = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
+    collector = VecCollector(
+        env,
+        policy,
+        frames_per_batch=num_envs * steps_per_batch,
+        exploration_type=exploration,
+        close_env=False,
+    )
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        description = progress if isinstance(progress, str) else "rollout"
+        bar = tqdm(total=min_episodes, unit="episode", desc=description)
+    chunks: list[TensorDictBase] = []
+    done_parts: list[np.ndarray] = []
+    episode_parts: list[np.ndarray] = []
+    try:
+        while True:
+            batch = collector.rollout()
+            chunks.append(batch)
+            done_parts.append(batch.get(DONE)[..., 0].numpy())
+            episode_parts.append(batch.get(EPISODE).numpy())
+            done = np.concatenate(done_parts, axis=1)
             if bar is not None:
-                bar.close()
-            collector.shutdown()
-            if owns_env:
-                env.close()
+                finished = int(done_parts[-1].sum())
+                # Episodes running at the stop finish too: the bar stops at its total.
+                bar.update(finished if bar.total is None else min(finished, bar.total - bar.n))
+            lengths = _steps_into_episode(np.concatenate(episode_parts, axis=1))
+            t_star = _stop_step(done, lengths, min_episodes, min_timesteps)
+            if t_star is None:
+                continue
+            # Every sub-env must have finished the episode it was running at t_star.
+            if all(done[i, t_star:].any() for i in range(num_envs)):
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+        collector.shutdown()
+        if owns_env:
+            env.close()
     data = torch.cat(chunks, dim=1)
     return _episodes_started_by(data, t_star)
 
