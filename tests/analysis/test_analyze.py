@@ -191,28 +191,37 @@ run:
 """
 
 
-def test_fit_records_reference_returns_for_normalised_scores(tmp_path, capsys):
-    data = tmp_path / "data"
+def _fit_bc_on_collected_demonstrations(tmp_path: Path, data: Path) -> tuple[Path, dict]:
+    """Fit the BC recipe; its demonstrations' directory and their stored metadata."""
     recipe = tmp_path / "bc.yaml"
     recipe.write_text(textwrap.dedent(BC_RECIPE))
     assert main(["fit", "--config", str(recipe), "--run.data_dir", str(data)]) == 0
     (dataset,) = (data / "demos").iterdir()
-    meta = trajectory_metadata(dataset)["metadata"]
-    # The scripted expert keeps CartPole up for 500 steps; a random policy falls in ~20.
-    assert meta["expert_return"] == 500.0
-    assert 5 < meta["random_return"] < 100 and meta["random_episodes"] >= 4
+    return dataset, trajectory_metadata(dataset)["metadata"]
+
+
+def _assert_normalised_by(meta: dict, data: Path, experiment: str, out: Path, capsys) -> None:
+    """The experiment's one run is tagged with ``meta``'s returns and normalised by them."""
     client = _client(data)
-    (run,) = client.search_runs([client.get_experiment_by_name("bc-analyze").experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert float(run.data.tags[TAG_EXPERT_RETURN]) == meta["expert_return"]
     assert float(run.data.tags[TAG_RANDOM_RETURN]) == meta["random_return"]
     capsys.readouterr()
-    out = tmp_path / "out"
-    argv = ["analyze", "--data-dir", str(data), "--reps", "1000", "--no-mlflow", "--out", str(out)]
-    assert main(argv) == 0
+    argv = ["analyze", "--data-dir", str(data), "--experiment", experiment, "--reps", "1000"]
+    assert main([*argv, "--no-mlflow", "--out", str(out)]) == 0
     (row,) = json.loads((out / "analysis.json").read_text())["table"]
     final = run.data.metrics["eval/return_mean"]
-    expected = (final - meta["random_return"]) / (500.0 - meta["random_return"])
+    expected = (final - meta["random_return"]) / (meta["expert_return"] - meta["random_return"])
     assert row["norm_iqm"] == pytest.approx(expected)
+
+
+def test_fit_records_reference_returns_for_normalised_scores(tmp_path, capsys):
+    data = tmp_path / "data"
+    _, meta = _fit_bc_on_collected_demonstrations(tmp_path, data)
+    # The scripted expert keeps CartPole up for 500 steps; a random policy falls in ~20.
+    assert meta["expert_return"] == 500.0
+    assert 5 < meta["random_return"] < 100 and meta["random_episodes"] >= 4
+    _assert_normalised_by(meta, data, "bc-analyze", tmp_path / "out", capsys)
 
 
 DAGGER_RECIPE = """
@@ -240,26 +249,11 @@ run:
 
 def test_dagger_takes_its_reference_returns_from_the_experts_demonstrations(tmp_path, capsys):
     data = tmp_path / "data"
-    bc_recipe = tmp_path / "bc.yaml"
-    bc_recipe.write_text(textwrap.dedent(BC_RECIPE))
-    assert main(["fit", "--config", str(bc_recipe), "--run.data_dir", str(data)]) == 0
-    (dataset,) = (data / "demos").iterdir()
-    meta = trajectory_metadata(dataset)["metadata"]
+    dataset, meta = _fit_bc_on_collected_demonstrations(tmp_path, data)
     recipe = tmp_path / "dagger.yaml"
     recipe.write_text(DAGGER_RECIPE.format(reference=dataset))
     assert main(["fit", "--config", str(recipe), "--run.data_dir", str(data)]) == 0
-    client = _client(data)
-    (run,) = client.search_runs([client.get_experiment_by_name("dagger-analyze").experiment_id])
-    assert float(run.data.tags[TAG_EXPERT_RETURN]) == meta["expert_return"]
-    assert float(run.data.tags[TAG_RANDOM_RETURN]) == meta["random_return"]
-    capsys.readouterr()
-    out = tmp_path / "out"
-    argv = ["analyze", "--data-dir", str(data), "--experiment", "dagger-analyze"]
-    assert main(argv + ["--reps", "1000", "--no-mlflow", "--out", str(out)]) == 0
-    (row,) = json.loads((out / "analysis.json").read_text())["table"]
-    final = run.data.metrics["eval/return_mean"]
-    expected = (final - meta["random_return"]) / (500.0 - meta["random_return"])
-    assert row["norm_iqm"] == pytest.approx(expected)
+    _assert_normalised_by(meta, data, "dagger-analyze", tmp_path / "out", capsys)
 
 
 def test_dagger_refuses_reference_data_without_stored_returns(tmp_path, capsys):
