@@ -87,8 +87,8 @@ def dataset_reference_returns(path: str) -> dict[str, float]:
     references = reference_returns(trajectory_metadata(path).get("metadata"))
     if references is None:
         raise TrajectoryError(
-            f"the dataset at {path} stores no expert and random returns; give a dataset "
-            "collected from an expert (tdimitation rollout or DemonstrationData), or none"
+            f"the dataset at {path} stores no expert and random returns; give one a "
+            "DemonstrationData collected from an expert (under <data_dir>/demos/), or none"
         )
     return references
 
