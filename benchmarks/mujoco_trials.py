@@ -101,12 +101,17 @@ def table(trials: list[dict], cells: list[dict]) -> str:
     recorded before fingerprints were kept counts as the current recipe's.
     """
 
+    current: dict[str, str] = {}  # recipe -> its fingerprint, each file read once
+
     def digest(row: dict) -> str | None:
         if row.get("recipe_digest"):
             return row["recipe_digest"]
         if row["stage"] == "cell" and "superseded" in row:
             return None
-        return bench.recipe_digest(f"{row['algorithm']}/{row['task']}_fixed")
+        recipe = f"{row['algorithm']}/{row['task']}_fixed"
+        if recipe not in current:
+            current[recipe] = bench.recipe_digest(recipe)
+        return current[recipe]
 
     recorded = {
         (r["task"], r["algorithm"], digest(r), r["seed"]): r["ratio"]
