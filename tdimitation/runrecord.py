@@ -168,27 +168,33 @@ def interrupt_on_signals() -> Iterator[list[int]]:
     Lightning stops a fit cleanly on ``KeyboardInterrupt``; the caller marks the run
     KILLED. A signal that lands inside a write to the run store is raised as soon as the
     write is done (checked every 10 ms with SIGALRM, where the platform has it), so the
-    store stays writable. The previous handlers are restored on exit. Outside the main
-    thread (where handlers cannot be installed) nothing changes.
+    store stays writable. Only the first stop is raised: later signals are recorded and
+    leave the caller's cleanup to finish. The previous handlers are restored on exit.
+    Outside the main thread (where handlers cannot be installed) nothing changes.
     """
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield received
         return
     can_defer = hasattr(signal, "setitimer")
+    raised: list[bool] = []
 
     def raise_unless_writing(frame: FrameType | None) -> None:
         if can_defer and _inside_store_call(frame):
             signal.setitimer(signal.ITIMER_REAL, _DEFER_SECONDS)
             return
+        raised.append(True)
         raise KeyboardInterrupt(signal.Signals(received[0]).name)
 
     def on_stop_signal(signum: int, frame: FrameType | None) -> None:
         received.append(signum)
-        raise_unless_writing(frame)
+        # Once the fit is stopping, a repeated signal (a second Ctrl-C, a supervisor's
+        # retry) must not break off the cleanup that marks the run KILLED.
+        if not raised:
+            raise_unless_writing(frame)
 
     def on_deferral_alarm(signum: int, frame: FrameType | None) -> None:
-        if received:
+        if received and not raised:
             raise_unless_writing(frame)
 
     handlers = {signal.SIGTERM: on_stop_signal, signal.SIGINT: on_stop_signal}

@@ -424,3 +424,20 @@ def test_a_signal_during_a_store_write_stops_the_fit_after_the_write(tmp_path):
     run = client.get_run(run_id)
     assert run.info.status == "KILLED"
     assert run.data.metrics == {"loss": 0.5}
+
+
+def test_a_second_signal_during_the_cleanup_does_not_break_it_off():
+    """A repeated stop (a second Ctrl-C, a supervisor's retry) while the caller marks the
+    run KILLED is recorded, not raised: a raise there would end the fit with status 1."""
+    with interrupt_on_signals() as received:
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises at once; the sleep is not finished
+        try:  # the caller's cleanup
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # both handlers have run by now
+        except KeyboardInterrupt:
+            pytest.fail("a second signal broke off the cleanup")
+    assert received == [signal.SIGTERM, signal.SIGTERM, signal.SIGINT]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the old handler is back
