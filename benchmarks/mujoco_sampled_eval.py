@@ -4,8 +4,9 @@ The benchmark (``benchmarks/mujoco.py``) scores every policy, experts included, 
 greedy (deterministic) actions. ``imitation``'s evaluation samples the policy's actions.
 This script evaluates the expert and the recorded cells of the given tasks and algorithm
 both ways with ``tdimitation eval`` (50 episodes, the same env seed), so the ratios can be
-read under either protocol. It needs the cells' checkpoints in the data directory, so it
-covers the cells run on this machine. Results append to
+read under either protocol. It evaluates the cells whose checkpoints are in the data
+directory; the table also shows the recorded results of current cells evaluated on
+another machine. Results append to
 ``benchmarks/results/mujoco_sampled_eval.jsonl``; a policy already there is skipped.
 
 Example::
@@ -44,16 +45,20 @@ def evaluate(env_id: str, checkpoint: Path, sampled: bool) -> float:
 
 
 def policies(tasks: list[str], algorithm: str, data_dir: Path) -> list[tuple[str, str, Path]]:
-    """(task, name, checkpoint) of each task's expert and its cells whose checkpoint is here."""
+    """(task, name, checkpoint) of each task's expert and its recorded cells.
+
+    The checkpoints are where this data directory would hold them; a cell evaluated on
+    another machine is in the table by its recorded row, whether or not it is here.
+    """
     rows, found = bench.load_results(RESULTS), []
     for task in tasks:
         found.append((task, "expert", bench.expert_checkpoint(data_dir, task)))
         for row in rows:
             if row["stage"] == "cell" and (row["task"], row["algorithm"]) == (task, algorithm):
                 name = bench.recorded_run_name(row)
-                checkpoint = data_dir / "runs" / bench.EXPERIMENT / name / "last.ckpt"
-                if checkpoint.exists():
-                    found.append((task, name, checkpoint))
+                found.append(
+                    (task, name, data_dir / "runs" / bench.EXPERIMENT / name / "last.ckpt")
+                )
     return found
 
 
@@ -87,6 +92,10 @@ def main() -> None:
     seen = {(r["task"], r["policy"]) for r in done}
     current = policies(args.tasks, args.algorithm, args.data_dir)
     todo = [p for p in current if p[:2] not in seen]
+    missing = [p for p in todo if not p[2].exists()]
+    for task, name, checkpoint in missing:
+        print(f"skip {task} {name}: no checkpoint at {checkpoint}")
+    todo = [p for p in todo if p not in missing]
     started = time.perf_counter()
     for i, (task, name, checkpoint) in enumerate(todo):
         row = {"task": task, "policy": name, "episodes": EPISODES}
