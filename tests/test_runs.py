@@ -429,6 +429,7 @@ def test_a_signal_during_a_store_write_stops_the_fit_after_the_write(tmp_path):
 def test_a_second_signal_during_the_cleanup_does_not_break_it_off():
     """A repeated stop (a second Ctrl-C, a supervisor's retry) while the caller marks the
     run KILLED is recorded, not raised: a raise there would end the fit with status 1."""
+    before = signal.getsignal(signal.SIGTERM)
     with interrupt_on_signals() as received:
         with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
             os.kill(os.getpid(), signal.SIGTERM)
@@ -440,4 +441,4 @@ def test_a_second_signal_during_the_cleanup_does_not_break_it_off():
         except KeyboardInterrupt:
             pytest.fail("a second signal broke off the cleanup")
     assert received == [signal.SIGTERM, signal.SIGTERM, signal.SIGINT]
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the old handler is back
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
