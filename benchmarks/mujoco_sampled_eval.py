@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -62,6 +63,11 @@ def policies(tasks: list[str], algorithm: str, data_dir: Path) -> list[tuple[str
     return found
 
 
+def _seed(row: dict) -> int:
+    """The seed in a cell's run name (``gail-walker2d-seed3-0f8ea4bf``)."""
+    return int(re.search(r"-seed(\d+)", row["policy"]).group(1))
+
+
 def table(rows: list[dict], algorithm: str) -> str:
     lines = [
         f"| task | {algorithm} seeds | ratio, greedy actions | ratio, sampled actions |",
@@ -70,6 +76,7 @@ def table(rows: list[dict], algorithm: str) -> str:
     for task in dict.fromkeys(r["task"] for r in rows):
         expert = next((r for r in rows if r["task"] == task and r["policy"] == "expert"), None)
         cells = [r for r in rows if r["task"] == task and r["policy"].startswith(algorithm + "-")]
+        cells.sort(key=_seed)  # listed in seed order, whatever order they were evaluated in
         if expert is None or not cells:
             continue
         cols = []
