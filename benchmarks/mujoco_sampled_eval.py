@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -54,18 +53,13 @@ def policies(tasks: list[str], algorithm: str, data_dir: Path) -> list[tuple[str
     rows, found = bench.load_results(RESULTS), []
     for task in tasks:
         found.append((task, "expert", bench.expert_checkpoint(data_dir, task)))
-        for row in rows:
+        for row in sorted(rows, key=lambda r: r.get("seed") or 0):  # table rows in seed order
             if row["stage"] == "cell" and (row["task"], row["algorithm"]) == (task, algorithm):
                 name = bench.recorded_run_name(row)
                 found.append(
                     (task, name, data_dir / "runs" / bench.EXPERIMENT / name / "last.ckpt")
                 )
     return found
-
-
-def _seed(row: dict) -> int:
-    """The seed in a cell's run name (``gail-walker2d-seed3-0f8ea4bf``)."""
-    return int(re.search(r"-seed(\d+)", row["policy"]).group(1))
 
 
 def table(rows: list[dict], algorithm: str) -> str:
@@ -76,7 +70,6 @@ def table(rows: list[dict], algorithm: str) -> str:
     for task in dict.fromkeys(r["task"] for r in rows):
         expert = next((r for r in rows if r["task"] == task and r["policy"] == "expert"), None)
         cells = [r for r in rows if r["task"] == task and r["policy"].startswith(algorithm + "-")]
-        cells.sort(key=_seed)  # listed in seed order, whatever order they were evaluated in
         if expert is None or not cells:
             continue
         cols = []
@@ -98,11 +91,10 @@ def main() -> None:
     done = bench.load_results(OUTPUT)
     seen = {(r["task"], r["policy"]) for r in done}
     current = policies(args.tasks, args.algorithm, args.data_dir)
-    todo = [p for p in current if p[:2] not in seen]
-    missing = [p for p in todo if not p[2].exists()]
-    for task, name, checkpoint in missing:
-        print(f"skip {task} {name}: no checkpoint at {checkpoint}")
-    todo = [p for p in todo if p not in missing]
+    for task, name, checkpoint in current:
+        if (task, name) not in seen and not checkpoint.exists():
+            print(f"skip {task} {name}: no checkpoint at {checkpoint}")
+    todo = [p for p in current if p[:2] not in seen and p[2].exists()]
     started = time.perf_counter()
     for i, (task, name, checkpoint) in enumerate(todo):
         row = {"task": task, "policy": name, "episodes": EPISODES}
@@ -118,8 +110,9 @@ def main() -> None:
             flush=True,
         )
     # Only the recorded cells' policies: rows of superseded cells stay in the file.
-    wanted = {p[:2] for p in current}
-    text = table([r for r in done if (r["task"], r["policy"]) in wanted], args.algorithm)
+    order = {p[:2]: i for i, p in enumerate(current)}  # the recorded cells, in seed order
+    wanted = [r for r in done if (r["task"], r["policy"]) in order]
+    text = table(sorted(wanted, key=lambda r: order[r["task"], r["policy"]]), args.algorithm)
     print(text)
     if args.write:
         intro = (
