@@ -73,7 +73,13 @@ def test_curve_is_recorded_from_the_store_and_drawn_from_the_results(tmp_path):
             "date": "d",
             "curve": record,
         },
-        {"stage": "demos", "task": "halfcheetah", "random_return_mean": -100.0, "date": "d"},
+        {
+            "stage": "demos",
+            "task": "halfcheetah",
+            "expert_return_mean": 100.0,
+            "random_return_mean": -100.0,
+            "date": "d",
+        },
     ]
     for seed, shift in enumerate((0.0, 10.0, -5.0)):
         curve = dict(record, y=[y + shift for y in record["y"]])
@@ -95,6 +101,20 @@ def test_curve_is_recorded_from_the_store_and_drawn_from_the_results(tmp_path):
     line = next(s for s in text.splitlines() if s.startswith("| gail | halfcheetah | 3 |"))
     assert "| 0.92 (0.90 / 1.00 / 0.85) |" in line
     assert "| 0.96 [" in line  # normalised (R + 100) / 200: 0.95, 1.0, 0.925; 3 seeds' IQM
+
+    # The expert made again elsewhere returns 150: recorded cells keep the expert they
+    # divided by (the table lists both), a cell run since divides by the new one.
+    remade = dict(rows[0], return_mean=150.0, date="e")
+    demos = dict(rows[1], expert_return_mean=150.0, random_return_mean=-50.0, date="e")
+    new_cell = dict(rows[2], seed=3, return_mean=150.0, ratio=1.0, expert_return=150.0)
+    text = bench.table([*rows, remade, demos, new_cell])
+    experts = [s for s in text.splitlines() if s.startswith("| halfcheetah |")]
+    assert [s.split(" | ")[1] for s in experts] == ["100.0 ± 1.0", "150.0 ± 1.0"]
+    assert [s.split(" | ")[-1] for s in experts] == ["3 |", "1 |"]
+    line = next(s for s in text.splitlines() if s.startswith("| gail | halfcheetah |"))
+    assert "| 4 (2 experts) | 0.94 (0.90 / 1.00 / 0.85 / 1.00) |" in line
+    # Normalised by each cell's own expert and random return: 0.95, 1.0, 0.925 and 1.0.
+    assert "| 0.97 [" in line
     paths = bench.plot_learning_curves(rows, tmp_path / "curves")
     assert [p.name for p in paths] == ["learning_curve_tdimitation-HalfCheetahFixed-v5.png"]
     assert paths[0].stat().st_size > 10_000
@@ -134,6 +154,8 @@ def test_trials_table_sets_each_trial_beside_its_base_recipes_cells_on_its_seeds
         dict(cell, seed=0, ratio=0.99),
         dict(cell, seed=1, ratio=0.98, recipe_digest="ffffffff"),
     ]
+    for row in rows + cells:
+        row["return_mean"] = row["ratio"] * 2000.0  # all learnt from an expert of 2,000
     lines = trials.table(rows, cells).splitlines()
     assert len(lines) == 5  # header, rule, one line per trial
     gp10 = next(line for line in lines if "| gp10 |" in line)
@@ -141,3 +163,19 @@ def test_trials_table_sets_each_trial_beside_its_base_recipes_cells_on_its_seeds
     assert "| 0 1 | 0.98 (0.95 / 1.02) | 0.90 (0.89 / 0.91) |" in gp10  # seeds in order
     assert next(line for line in lines if "| 5M |" in line).endswith("| not recorded |")
     assert next(line for line in lines if "| legacy |" in line).endswith("| 0.99 (0.99) |")
+
+    # Beside an expert made again on another CPU (2,400), the recorded cells are no base;
+    # the recipe run again there unchanged is, and it is itself set beside the cells.
+    current = trials.bench.recipe_digest("gail/hopper_fixed")
+    elsewhere = {"stage": "trial", "task": "hopper", "algorithm": "gail", "expert_return": 2400.0}
+    rerun = dict(elsewhere, seed=0, ratio=1.01, overrides={}, run_name="gail-hopper-rerun-seed0")
+    longer = dict(elsewhere, seed=0, ratio=1.03, run_name="gail-hopper-10M-seed0")
+    longer["overrides"] = {"model.init_args.total_frames": 10_000_000}
+    for row in (rerun, longer):
+        row["recipe_digest"], row["return_mean"] = current, row["ratio"] * 2400.0
+    lines = trials.table([longer], cells).splitlines()
+    assert lines[-1].endswith("| 0 | 1.03 (1.03) | not recorded |")
+    lines = trials.table([rerun, longer], cells).splitlines()
+    assert "| none: the recipe run again" in lines[2]
+    assert lines[2].endswith("| 0 | 1.01 (1.01) | 0.99 (0.99) |")
+    assert lines[3].endswith("| 0 | 1.03 (1.03) | 1.01 (1.01) |")

@@ -1,0 +1,186 @@
+"""The MuJoCo benchmark's report: its table and learning curves, from its results lines.
+
+``benchmarks/mujoco.py`` runs the benchmark and calls these; the trials and sampled-action
+scripts read the same lines. Each cell's ratio divides by the return of the expert it
+learnt from. An expert made again on another kind of CPU can return something else (its
+floating-point rounding differs, and a fit amplifies it): the table then lists each
+expert beside the number of cells measured against it, and scores every cell against
+its own.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+TASKS = {
+    "ant": "tdimitation/AntFixed-v5",
+    "halfcheetah": "tdimitation/HalfCheetahFixed-v5",
+    "hopper": "tdimitation/HopperFixed-v5",
+    "swimmer": "tdimitation/SwimmerFixed-v5",
+    "walker2d": "tdimitation/Walker2dFixed-v5",
+}
+ALGORITHMS = ("bc", "dagger", "gail", "airl")
+#: imitation's published ratios of imitation return to expert return (its paper's table).
+PUBLISHED = {
+    "bc": {"ant": 0.81, "halfcheetah": 0.99, "hopper": 0.85, "swimmer": 0.95, "walker2d": 0.94},
+    "gail": {"ant": 0.88, "halfcheetah": 0.87, "hopper": 1.02, "swimmer": 0.99, "walker2d": 0.99},
+    "airl": {
+        "ant": -0.05,
+        "halfcheetah": 0.99,
+        "hopper": 1.02,
+        "swimmer": 0.93,
+        "walker2d": 0.27,
+    },
+}
+
+
+def expert_return(row: dict) -> float:
+    """The expert return a cell's or trial's ratio divides by.
+
+    Lines recorded before it was kept carry it implicitly, as return over ratio.
+    """
+    return row["expert_return"] if "expert_return" in row else row["return_mean"] / row["ratio"]
+
+
+def same_return(a: float, b: float) -> bool:
+    """Whether two recorded returns are one expert's (up to the rounding of a division)."""
+    return abs(a - b) <= 1e-9 * max(abs(a), abs(b), 1.0)
+
+
+def _interval(ratios: list[float], labels: tuple[str, ...]) -> str:
+    """IQM over seeds and its stratified-bootstrap 95 % CI, as ``tdimitation analyze``."""
+    import numpy as np
+
+    from tdimitation.analysis.statistics import interval_estimate, iqm
+    from tdimitation.analysis.table import rng_for
+
+    if len(ratios) < 2:
+        return ""
+    scores = np.asarray(ratios, dtype=float).reshape(-1, 1)  # [seeds, 1 task]
+    point, (low, high) = interval_estimate(scores, iqm, rng_for(0, "iqm", *labels))
+    return f"{float(point):.2f} [{float(low):.2f}, {float(high):.2f}]"
+
+
+def _cells(rows: list[dict], algorithm: str, task: str) -> list[dict]:
+    found = (
+        r for r in rows if r["stage"] == "cell" and (r["algorithm"], r["task"]) == (algorithm, task)
+    )
+    return sorted(found, key=lambda r: r["seed"])
+
+
+def experts_in_use(rows: list[dict]) -> dict[str, list[tuple[dict, dict, int]]]:
+    """Per task, each expert the table's cells were measured against: (expert line, its
+    demonstrations line, number of cells). The newest expert is listed even with no cells.
+
+    A task's expert made again on another kind of CPU can differ (see
+    :func:`run_all`); cells recorded before keep the expert they divided by.
+    """
+    found: dict[str, list[tuple[dict, dict, int]]] = {}
+    for task in TASKS:
+        experts = [r for r in rows if r["stage"] == "expert" and r["task"] == task]
+        if not experts:
+            continue
+        demos = [r for r in rows if r["stage"] == "demos" and r["task"] == task]
+        distinct: list[dict] = []  # the newest line of each expert return, newest last
+        for e in experts:
+            distinct = [d for d in distinct if not same_return(d["return_mean"], e["return_mean"])]
+            distinct.append(e)
+        cells = [r for r in rows if r["stage"] == "cell" and r["task"] == task]
+        entries = []
+        for e in distinct:
+            used = sum(same_return(expert_return(c), e["return_mean"]) for c in cells)
+            if used or e is distinct[-1]:
+                made_from = [
+                    d for d in demos if same_return(d["expert_return_mean"], e["return_mean"])
+                ]
+                entries.append((e, made_from[-1] if made_from else {}, used))
+        found[task] = entries
+    return found
+
+
+def table(rows: list[dict]) -> str:
+    in_use = experts_in_use(rows)
+    tasks = list(in_use)
+    lines = [
+        "| task | expert return | episodes | random return | expert frames | expert fit s "
+        "| cells measured against it |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in tasks:
+        for e, d, used in in_use[t]:
+            random_return = f"{d['random_return_mean']:.1f}" if d else ""
+            lines.append(
+                f"| {t} | {e['return_mean']:.1f} ± {e['return_std']:.1f} | {e['episodes']} | "
+                f"{random_return} | {e['frames']:,} | {e['fit_seconds']:.0f} | {used} |"
+            )
+    lines += [
+        "",
+        "| algorithm | task | seeds | ratio mean (per seed) | IQM [95 % CI] | "
+        "imitation | normalised IQM [95 % CI] | cell wall s (mean) | frames to 0.9 expert |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for algorithm in ALGORITHMS:
+        for t in tasks:
+            cells = _cells(rows, algorithm, t)
+            if not cells:
+                continue
+            ratios = [c["ratio"] for c in cells]
+            # Normalised score: the random policy's return 0, the cell's own expert's 1.
+            normalised, experts_used = [], []
+            for c in cells:
+                e, d, _ = next(
+                    x for x in in_use[t] if same_return(x[0]["return_mean"], expert_return(c))
+                )
+                floor = d["random_return_mean"]
+                normalised.append((c["return_mean"] - floor) / (e["return_mean"] - floor))
+                experts_used.append(e["return_mean"])
+            n_experts = len({round(x, 6) for x in experts_used})
+            seeds = f"{len(cells)}" + (f" ({n_experts} experts)" if n_experts > 1 else "")
+            reach = [c.get("frames_to_0.9_expert") for c in cells]
+            reach_text = (
+                " / ".join("never" if f is None else f"{f:,}" for f in reach)
+                if algorithm in ("gail", "airl")
+                else ""
+            )
+            published = PUBLISHED.get(algorithm, {}).get(t)
+            published_text = "" if published is None else f"{published:.2f}"
+            if algorithm == "dagger":
+                published_text = "about 1.0"  # imitation gives DAgger as about 1.0 on every task
+            lines.append(
+                f"| {algorithm} | {t} | {seeds} | {statistics.mean(ratios):.2f} "
+                f"({' / '.join(f'{x:.2f}' for x in ratios)}) | "
+                f"{_interval(ratios, (algorithm, t))} | "
+                f"{published_text} | {_interval(normalised, ('normalised', algorithm, t))} | "
+                f"{statistics.mean(c['process_seconds'] for c in cells):.0f} | {reach_text} |"
+            )
+    dates = sorted({r["date"] for r in rows})
+    return (
+        "\n".join(lines) + f"\n\nRuns of {', '.join(dates)}; generated by `benchmarks/mujoco.py`.\n"
+    )
+
+
+def plot_learning_curves(rows: list[dict], out: Path) -> list[Path]:
+    """Per task, the expert's, GAIL's and AIRL's return against frames (IQM across seeds
+    with its 95 % band, as ``tdimitation analyze`` draws them), from the recorded curves."""
+    from tdimitation.analysis.curves import CURVE_REPS, curve_across_runs, plot_curves
+
+    runs: dict[tuple[str, str, str, str], list] = {}
+    # Each task's expert drawn once: the one most of its cells were measured against.
+    experts = [max(e, key=lambda x: x[2])[0] for e in experts_in_use(rows).values()]
+    latest = {(r["task"], r["algorithm"], r["seed"]): r for r in rows if r["stage"] == "cell"}
+    for row in [*experts, *latest.values()]:
+        curve = row.get("curve")
+        if curve is None or curve["x_axis"] != "frames":  # BC and DAgger count no frames
+            continue
+        group = "ppo expert" if row["stage"] == "expert" else row["algorithm"]
+        key = (TASKS[row["task"]], group, curve["metric"], curve["x_axis"])
+        runs.setdefault(key, []).append((np.array(curve["x"]), np.array(curve["y"])))
+    curves = [
+        curve_across_runs(group, env, metric, x_axis, points, seed=0, reps=CURVE_REPS)
+        for (env, group, metric, x_axis), points in sorted(runs.items())
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    return plot_curves([c for c in curves if c is not None], out)
