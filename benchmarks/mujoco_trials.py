@@ -88,7 +88,7 @@ def trial_label(row: dict) -> str:
 
 def _settings(overrides: dict) -> str:
     if not overrides:
-        return "none: the recipe run again with this machine's expert"
+        return "none: the recipe run again beside an expert made again on another kind of CPU"
     return "; ".join(
         f"`{key.removeprefix('model.init_args.')}: {json.dumps(value)}`"
         for key, value in overrides.items()
