@@ -71,7 +71,7 @@ _spec = importlib.util.spec_from_file_location("mujoco_report", _HERE / "mujoco_
 _report = sys.modules["mujoco_report"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_report)
 TASKS, ALGORITHMS, PUBLISHED = _report.TASKS, _report.ALGORITHMS, _report.PUBLISHED
-expert_return, same_return, table = _report.expert_return, _report.same_return, _report.table
+expert_return, expert_id, table = _report.expert_return, _report.expert_id, _report.table
 plot_learning_curves = _report.plot_learning_curves
 
 ROOT = Path(__file__).resolve().parents[1]

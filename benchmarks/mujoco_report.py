@@ -45,15 +45,14 @@ def expert_return(row: dict) -> float:
     return row["expert_return"] if "expert_return" in row else row["return_mean"] / row["ratio"]
 
 
-def same_return(a: float, b: float) -> bool:
-    """Whether two recorded returns are one expert's (up to the rounding of a division)."""
-    return abs(a - b) <= 1e-9 * max(abs(a), abs(b), 1.0)
+def expert_id(expert_return: float) -> float:
+    """An expert's identity in the results: its return, rounded past the last digits a
+    ratio's division can change."""
+    return round(expert_return, 6)
 
 
 def _interval(ratios: list[float], labels: tuple[str, ...]) -> str:
     """IQM over seeds and its stratified-bootstrap 95 % CI, as ``tdimitation analyze``."""
-    import numpy as np
-
     from tdimitation.analysis.statistics import interval_estimate, iqm
     from tdimitation.analysis.table import rng_for
 
@@ -71,33 +70,32 @@ def _cells(rows: list[dict], algorithm: str, task: str) -> list[dict]:
     return sorted(found, key=lambda r: r["seed"])
 
 
-def experts_in_use(rows: list[dict]) -> dict[str, list[tuple[dict, dict, int]]]:
-    """Per task, each expert the table's cells were measured against: (expert line, its
-    demonstrations line, number of cells). The newest expert is listed even with no cells.
-
-    A task's expert made again on another kind of CPU can differ (see
-    :func:`run_all`); cells recorded before keep the expert they divided by.
+def experts_in_use(rows: list[dict]) -> dict[str, dict[float, tuple[dict, dict, int]]]:
+    """Per task and :func:`expert_id`, each expert the table's cells were measured
+    against: (its newest expert line, the demonstrations made from it, number of cells).
+    The newest expert is listed even with no cells: cells run from now on use it.
     """
-    found: dict[str, list[tuple[dict, dict, int]]] = {}
+    found: dict[str, dict[float, tuple[dict, dict, int]]] = {}
     for task in TASKS:
-        experts = [r for r in rows if r["stage"] == "expert" and r["task"] == task]
+        made = [r for r in rows if r["stage"] == "expert" and r["task"] == task]
+        experts = {expert_id(r["return_mean"]): r for r in made}  # each id's newest line
         if not experts:
             continue
-        demos = [r for r in rows if r["stage"] == "demos" and r["task"] == task]
-        distinct: list[dict] = []  # the newest line of each expert return, newest last
-        for e in experts:
-            distinct = [d for d in distinct if not same_return(d["return_mean"], e["return_mean"])]
-            distinct.append(e)
-        cells = [r for r in rows if r["stage"] == "cell" and r["task"] == task]
-        entries = []
-        for e in distinct:
-            used = sum(same_return(expert_return(c), e["return_mean"]) for c in cells)
-            if used or e is distinct[-1]:
-                made_from = [
-                    d for d in demos if same_return(d["expert_return_mean"], e["return_mean"])
-                ]
-                entries.append((e, made_from[-1] if made_from else {}, used))
-        found[task] = entries
+        demos = {
+            expert_id(r["expert_return_mean"]): r
+            for r in rows
+            if r["stage"] == "demos" and r["task"] == task
+        }
+        used = {key: 0 for key in experts}
+        for r in rows:
+            if r["stage"] == "cell" and r["task"] == task:
+                used[expert_id(expert_return(r))] += 1
+        newest = expert_id(made[-1]["return_mean"])
+        found[task] = {
+            key: (e, demos.get(key, {}), used[key])
+            for key, e in experts.items()
+            if used[key] or key == newest
+        }
     return found
 
 
@@ -110,7 +108,7 @@ def table(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for t in tasks:
-        for e, d, used in in_use[t]:
+        for e, d, used in in_use[t].values():
             random_return = f"{d['random_return_mean']:.1f}" if d else ""
             lines.append(
                 f"| {t} | {e['return_mean']:.1f} ± {e['return_std']:.1f} | {e['episodes']} | "
@@ -129,15 +127,12 @@ def table(rows: list[dict]) -> str:
                 continue
             ratios = [c["ratio"] for c in cells]
             # Normalised score: the random policy's return 0, the cell's own expert's 1.
-            normalised, experts_used = [], []
+            normalised = []
             for c in cells:
-                e, d, _ = next(
-                    x for x in in_use[t] if same_return(x[0]["return_mean"], expert_return(c))
-                )
+                e, d, _ = in_use[t][expert_id(expert_return(c))]
                 floor = d["random_return_mean"]
                 normalised.append((c["return_mean"] - floor) / (e["return_mean"] - floor))
-                experts_used.append(e["return_mean"])
-            n_experts = len({round(x, 6) for x in experts_used})
+            n_experts = len({expert_id(expert_return(c)) for c in cells})
             seeds = f"{len(cells)}" + (f" ({n_experts} experts)" if n_experts > 1 else "")
             reach = [c.get("frames_to_0.9_expert") for c in cells]
             reach_text = (
@@ -169,7 +164,7 @@ def plot_learning_curves(rows: list[dict], out: Path) -> list[Path]:
 
     runs: dict[tuple[str, str, str, str], list] = {}
     # Each task's expert drawn once: the one most of its cells were measured against.
-    experts = [max(e, key=lambda x: x[2])[0] for e in experts_in_use(rows).values()]
+    experts = [max(e.values(), key=lambda x: x[2])[0] for e in experts_in_use(rows).values()]
     latest = {(r["task"], r["algorithm"], r["seed"]): r for r in rows if r["stage"] == "cell"}
     for row in [*experts, *latest.values()]:
         curve = row.get("curve")

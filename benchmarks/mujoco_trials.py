@@ -121,8 +121,7 @@ def table(trials: list[dict], cells: list[dict]) -> str:
         return current[recipe]
 
     def key(row: dict) -> tuple:
-        # Experts are told apart by their return, rounded past a division's last digits.
-        expert = round(bench.expert_return(row), 6)
+        expert = bench.expert_id(bench.expert_return(row))
         return row["task"], row["algorithm"], digest(row), row["seed"], expert
 
     recorded = {key(r): r["ratio"] for r in cells if r["stage"] == "cell"}
