@@ -6,8 +6,10 @@ This script evaluates the expert and the recorded cells of the given tasks and a
 both ways with ``tdimitation eval`` (50 episodes, the same env seed), so the ratios can be
 read under either protocol. It evaluates the cells whose checkpoints are in the data
 directory; the table also shows the recorded results of current cells evaluated on
-another machine. Results append to
-``benchmarks/results/mujoco_sampled_eval.jsonl``; a policy already there is skipped.
+another machine. Each cell's ratios divide by the evaluation of the expert it learnt
+from: an expert made again on another kind of CPU is another expert, recorded with its
+return. Results append to ``benchmarks/results/mujoco_sampled_eval.jsonl``; a policy
+already there is skipped.
 
 Example::
 
@@ -44,37 +46,80 @@ def evaluate(env_id: str, checkpoint: Path, sampled: bool) -> float:
     return json.loads(done.stdout.strip().splitlines()[-1])["return_mean"]
 
 
-def policies(tasks: list[str], algorithm: str, data_dir: Path) -> list[tuple[str, str, Path]]:
-    """(task, name, checkpoint) of each task's expert and its recorded cells.
+def policies(tasks: list[str], algorithm: str, data_dir: Path) -> list[dict]:
+    """Each task's recorded cells and its expert in this data directory (if a cell learnt
+    from it), as dicts of task, policy, checkpoint and the return of the expert the
+    ratio divides by.
 
-    The checkpoints are where this data directory would hold them; a cell evaluated on
-    another machine is in the table by its recorded row, whether or not it is here.
+    A cell evaluated on another machine is in the table by its recorded row, whether or
+    not its checkpoint is here. An expert made on another kind of CPU differs, so each
+    expert is told apart by its return and each cell is scored against its own.
     """
     rows, found = bench.load_results(RESULTS), []
     for task in tasks:
-        found.append((task, "expert", bench.expert_checkpoint(data_dir, task)))
+        cells = []
         for row in sorted(rows, key=lambda r: r.get("seed") or 0):  # table rows in seed order
             if row["stage"] == "cell" and (row["task"], row["algorithm"]) == (task, algorithm):
                 name = bench.recorded_run_name(row)
-                found.append(
-                    (task, name, data_dir / "runs" / bench.EXPERIMENT / name / "last.ckpt")
+                checkpoint = data_dir / "runs" / bench.EXPERIMENT / name / "last.ckpt"
+                cells.append(
+                    {
+                        "task": task,
+                        "policy": name,
+                        "checkpoint": checkpoint,
+                        "expert_return": bench.expert_return(row),
+                    }
                 )
+        checkpoint = bench.expert_checkpoint(data_dir, task)
+        if checkpoint.exists():
+            made = bench.final_metrics(data_dir, bench.EXPERIMENT, f"{task}-expert")
+            expert = {"task": task, "policy": "expert", "checkpoint": checkpoint}
+            expert["expert_return"] = made["eval/return_mean"]
+            # Only an expert some cell learnt from is worth its evaluation.
+            if any(key(cell | {"policy": "expert"}) == key(expert) for cell in cells):
+                found.append(expert)
+        found += cells
     return found
 
 
+def key(row: dict) -> tuple:
+    """A policy's identity in the results: an expert's includes which expert it is."""
+    if row["policy"] == "expert":
+        return row["task"], "expert", bench.expert_id(row["expert_return"])
+    return row["task"], row["policy"]
+
+
+def scored(evaluated: list[dict], current: list[dict]) -> tuple[list[dict], list[str]]:
+    """The current cells' evaluations, each beside its own expert's, in ``current``'s order,
+    and a line for each evaluated cell whose expert was not evaluated."""
+    by_key = {key(r): r for r in evaluated}
+    rows, missing = [], []
+    for policy in current:
+        if policy["policy"] == "expert" or key(policy) not in by_key:
+            continue
+        expert = by_key.get((policy["task"], "expert", bench.expert_id(policy["expert_return"])))
+        if expert is None:
+            missing.append(
+                f"{policy['task']} {policy['policy']}: its expert (return "
+                f"{policy['expert_return']:.1f}) has no evaluation here; not in the table"
+            )
+            continue
+        cell = by_key[key(policy)]
+        rows.append(cell | {"expert_greedy": expert["greedy"], "expert_sampled": expert["sampled"]})
+    return rows, missing
+
+
 def table(rows: list[dict], algorithm: str) -> str:
+    """Greedy and sampled ratios per task of the :func:`scored` cells."""
     lines = [
         f"| task | {algorithm} seeds | ratio, greedy actions | ratio, sampled actions |",
         "|---|---|---|---|",
     ]
     for task in dict.fromkeys(r["task"] for r in rows):
-        expert = next((r for r in rows if r["task"] == task and r["policy"] == "expert"), None)
-        cells = [r for r in rows if r["task"] == task and r["policy"].startswith(algorithm + "-")]
-        if expert is None or not cells:
-            continue
+        cells = [r for r in rows if r["task"] == task]
         cols = []
         for mode in ("greedy", "sampled"):
-            ratios = [r[mode] / expert[mode] for r in cells]
+            ratios = [r[mode] / r[f"expert_{mode}"] for r in cells]
             each = " / ".join(f"{x:.2f}" for x in ratios)
             cols.append(f"{statistics.mean(ratios):.2f} ({each})")
         lines.append(f"| {task} | {len(cells)} | {cols[0]} | {cols[1]} |")
@@ -89,17 +134,20 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="regenerate its RESULTS.md section")
     args = parser.parse_args()
     done = bench.load_results(OUTPUT)
-    seen = {(r["task"], r["policy"]) for r in done}
+    seen = {key(r) for r in done}
     current = policies(args.tasks, args.algorithm, args.data_dir)
-    for task, name, checkpoint in current:
-        if (task, name) not in seen and not checkpoint.exists():
-            print(f"skip {task} {name}: no checkpoint at {checkpoint}")
-    todo = [p for p in current if p[:2] not in seen and p[2].exists()]
+    for policy in current:
+        if key(policy) not in seen and not policy["checkpoint"].exists():
+            where = f"no checkpoint at {policy['checkpoint']}"
+            print(f"skip {policy['task']} {policy['policy']}: {where}")
+    todo = [p for p in current if key(p) not in seen and p["checkpoint"].exists()]
     started = time.perf_counter()
-    for i, (task, name, checkpoint) in enumerate(todo):
+    for i, policy in enumerate(todo):
+        task, name = policy["task"], policy["policy"]
         row = {"task": task, "policy": name, "episodes": EPISODES}
-        row["greedy"] = evaluate(bench.TASKS[task], checkpoint, sampled=False)
-        row["sampled"] = evaluate(bench.TASKS[task], checkpoint, sampled=True)
+        row["expert_return"] = policy["expert_return"]
+        row["greedy"] = evaluate(bench.TASKS[task], policy["checkpoint"], sampled=False)
+        row["sampled"] = evaluate(bench.TASKS[task], policy["checkpoint"], sampled=True)
         with open(OUTPUT, "a") as f:
             f.write(json.dumps(row) + "\n")
         done.append(row)
@@ -110,9 +158,10 @@ def main() -> None:
             flush=True,
         )
     # Only the recorded cells' policies: rows of superseded cells stay in the file.
-    order = {p[:2]: i for i, p in enumerate(current)}  # the recorded cells, in seed order
-    wanted = [r for r in done if (r["task"], r["policy"]) in order]
-    text = table(sorted(wanted, key=lambda r: order[r["task"], r["policy"]]), args.algorithm)
+    rows, missing = scored(done, current)
+    for line in missing:
+        print(line)
+    text = table(rows, args.algorithm)
     print(text)
     if args.write:
         intro = (

@@ -179,3 +179,38 @@ def test_trials_table_sets_each_trial_beside_its_base_recipes_cells_on_its_seeds
     assert "| none: the recipe run again" in lines[2]
     assert lines[2].endswith("| 0 | 1.01 (1.01) | 0.99 (0.99) |")
     assert lines[3].endswith("| 0 | 1.03 (1.03) | 1.01 (1.01) |")
+
+
+def test_sampled_evaluation_scores_each_cell_against_the_expert_it_learnt_from():
+    spec = importlib.util.spec_from_file_location(
+        "mujoco_sampled_eval", ROOT / "benchmarks/mujoco_sampled_eval.py"
+    )
+    sampled = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sampled)
+    # Two Hopper experts (made on two kinds of CPU); each cell learnt from one of them.
+    current = [
+        {"task": "hopper", "policy": "gail-hopper-seed0", "expert_return": 2587.8},
+        {"task": "hopper", "policy": "gail-hopper-seed1", "expert_return": 2389.5},
+        {"task": "hopper", "policy": "gail-hopper-seed2", "expert_return": 2499.1},
+    ]
+    evaluated = [
+        {"task": "hopper", "policy": "expert", "expert_return": 2389.5, "greedy": 2400.0},
+        {"task": "hopper", "policy": "expert", "expert_return": 2587.8, "greedy": 2600.0},
+        {"task": "hopper", "policy": "gail-hopper-seed0", "greedy": 2652.0},
+        {"task": "hopper", "policy": "gail-hopper-seed1", "greedy": 2352.0},
+        {"task": "hopper", "policy": "gail-hopper-seed2", "greedy": 2000.0},
+        {"task": "hopper", "policy": "gail-hopper-seed9", "greedy": 1.0},  # not current
+    ]
+    for row in evaluated:
+        row["sampled"] = row["greedy"] / 2
+    # The experts' keys differ, so a second expert is evaluated, not taken as done.
+    assert sampled.key(evaluated[0]) != sampled.key(evaluated[1])
+    assert sampled.key(dict(evaluated[0], expert_return=2389.5000000001)) == sampled.key(
+        evaluated[0]
+    )
+    rows, missing = sampled.scored(evaluated, current)
+    assert [r["policy"] for r in rows] == ["gail-hopper-seed0", "gail-hopper-seed1"]
+    assert [r["expert_greedy"] for r in rows] == [2600.0, 2400.0]
+    assert len(missing) == 1 and "gail-hopper-seed2" in missing[0] and "2499.1" in missing[0]
+    line = sampled.table(rows, "gail").splitlines()[-1]
+    assert line == "| hopper | 2 | 1.00 (1.02 / 0.98) | 1.00 (1.02 / 0.98) |"
