@@ -145,7 +145,7 @@ def table(rows: list[dict]) -> str:
             if algorithm == "dagger":
                 published_text = "about 1.0"  # imitation gives DAgger as about 1.0 on every task
             lines.append(
-                f"| {algorithm} | {t} | {seeds} | {statistics.mean(ratios):.2f} "
+                f"| {algorithm} | {t} | {seeds} | {statistics.mean(ratios):.3f} "
                 f"({' / '.join(f'{x:.2f}' for x in ratios)}) | "
                 f"{_interval(ratios, (algorithm, t))} | "
                 f"{published_text} | {_interval(normalised, ('normalised', algorithm, t))} | "

@@ -147,14 +147,14 @@ def table(trials: list[dict], cells: list[dict]) -> str:
             same = [on_any_expert.get(key(r)[:-1]) for r in rows]
         per_seed = " / ".join(f"{x:.2f}" for x in ratios)
         cell_text = (
-            f"{statistics.mean(same):.2f} ({' / '.join(f'{x:.2f}' for x in same)})"
+            f"{statistics.mean(same):.3f} ({' / '.join(f'{x:.2f}' for x in same)})"
             if None not in same
             else "not recorded"
         )
         lines.append(
             f"| {task} | {algorithm} | {label} | {_settings(rows[0]['overrides'])} "
             f"| {' '.join(str(r['seed']) for r in rows)} "
-            f"| {statistics.mean(ratios):.2f} ({per_seed}) | {cell_text} |"
+            f"| {statistics.mean(ratios):.3f} ({per_seed}) | {cell_text} |"
         )
     return "\n".join(lines) + "\n"
 
