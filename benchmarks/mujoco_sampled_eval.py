@@ -76,7 +76,7 @@ def policies(tasks: list[str], algorithm: str, data_dir: Path) -> list[dict]:
             expert = {"task": task, "policy": "expert", "checkpoint": checkpoint}
             expert["expert_return"] = made["eval/return_mean"]
             # Only an expert some cell learnt from is worth its evaluation.
-            if any(key(cell | {"policy": "expert"}) == key(expert) for cell in cells):
+            if key(expert) in {expert_key(cell) for cell in cells}:
                 found.append(expert)
         found += cells
     return found
@@ -89,6 +89,11 @@ def key(row: dict) -> tuple:
     return row["task"], row["policy"]
 
 
+def expert_key(cell: dict) -> tuple:
+    """The :func:`key` of the expert a cell learnt from."""
+    return key(cell | {"policy": "expert"})
+
+
 def scored(evaluated: list[dict], current: list[dict]) -> tuple[list[dict], list[str]]:
     """The current cells' evaluations, each beside its own expert's, in ``current``'s order,
     and a line for each evaluated cell whose expert was not evaluated."""
@@ -97,7 +102,7 @@ def scored(evaluated: list[dict], current: list[dict]) -> tuple[list[dict], list
     for policy in current:
         if policy["policy"] == "expert" or key(policy) not in by_key:
             continue
-        expert = by_key.get((policy["task"], "expert", bench.expert_id(policy["expert_return"])))
+        expert = by_key.get(expert_key(policy))
         if expert is None:
             missing.append(
                 f"{policy['task']} {policy['policy']}: its expert (return "
