@@ -153,8 +153,7 @@ def main() -> None:
         row["expert_return"] = policy["expert_return"]
         row["greedy"] = evaluate(bench.TASKS[task], policy["checkpoint"], sampled=False)
         row["sampled"] = evaluate(bench.TASKS[task], policy["checkpoint"], sampled=True)
-        with open(OUTPUT, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        bench._append(OUTPUT, row)
         done.append(row)
         eta = (time.perf_counter() - started) / (i + 1) * (len(todo) - i - 1)
         print(
