@@ -7,11 +7,15 @@ finished trial appends one line to ``benchmarks/results/mujoco_trials.jsonl``, n
 recipe's settings fingerprint and the overrides, so a recipe's header can cite the trials
 behind its choices. A trial already recorded under the same name and seed is not rerun.
 
-Examples (a trial of two seeds side by side; the RESULTS.md table of all trials)::
+Examples (a trial of two seeds side by side; the recipe unchanged on seeds its cells do
+not use, which measures how much choosing it on the cells' seeds flattered it; the
+RESULTS.md table of all trials)::
 
     python benchmarks/mujoco_trials.py --task hopper --algorithm gail --seeds 0 1 --jobs 2 \\
         --name disc1step \\
         --set 'model.init_args.n_disc_updates_per_round=1'
+    python benchmarks/mujoco_trials.py --task hopper --algorithm gail --seeds 5 6 7 8 9 \\
+        --jobs 2 --name held-out
     python benchmarks/mujoco_trials.py --write
 """
 
@@ -86,9 +90,12 @@ def trial_label(row: dict) -> str:
     return row["run_name"].removeprefix(prefix).rsplit("-seed", 1)[0]
 
 
+RERUN_ELSEWHERE = "none: the recipe run again beside an expert made again on another kind of CPU"
+HELD_OUT = "none: the recipe on seeds its cells do not use (held out from every choice)"
+REPEAT = "none: the recipe run again on its cells' seeds and expert"
+
+
 def _settings(overrides: dict) -> str:
-    if not overrides:
-        return "none: the recipe run again beside an expert made again on another kind of CPU"
     return "; ".join(
         f"`{key.removeprefix('model.init_args.')}: {json.dumps(value)}`"
         for key, value in overrides.items()
@@ -104,8 +111,11 @@ def table(trials: list[dict], cells: list[dict]) -> str:
     same expert: an expert made again on another kind of CPU differs, and so do its
     demonstrations. Where no such cell is recorded, a trial that changed nothing (the
     recipe run again beside that expert) stands in; such a trial is itself set beside the
-    recipe's cells on whichever expert they had. A current cell recorded before
-    fingerprints were kept counts as the current recipe's.
+    recipe's cells on whichever expert they had. A trial that changed nothing beside the
+    cells' own expert on seeds none of them used measures the recipe on held-out seeds:
+    it is set beside all of the cells on that expert, since the trials chose the recipe
+    on the cells' seeds. A current cell recorded before fingerprints were kept counts as
+    the current recipe's.
     """
 
     current: dict[str, str] = {}  # recipe -> its fingerprint, each file read once
@@ -124,8 +134,13 @@ def table(trials: list[dict], cells: list[dict]) -> str:
         expert = bench.expert_id(bench.expert_return(row))
         return row["task"], row["algorithm"], digest(row), row["seed"], expert
 
-    recorded = {key(r): r["ratio"] for r in cells if r["stage"] == "cell"}
+    cells_by_key = {key(r): r["ratio"] for r in cells if r["stage"] == "cell"}
+    recorded = dict(cells_by_key)
     on_any_expert = {key(r)[:-1]: r["ratio"] for r in cells if r["stage"] == "cell"}
+    # (task, algorithm, fingerprint, expert) -> {seed: ratio} of the recorded cells.
+    cells_on_expert: dict[tuple, dict[int, float]] = {}
+    for (task, algorithm, fingerprint, seed, expert), ratio in cells_by_key.items():
+        cells_on_expert.setdefault((task, algorithm, fingerprint, expert), {})[seed] = ratio
     for r in trials:  # the recipe run again beside another expert, where no cell was
         if "run_name" in r and not r["overrides"]:
             recorded.setdefault(key(r), r["ratio"])
@@ -138,23 +153,37 @@ def table(trials: list[dict], cells: list[dict]) -> str:
         "| base recipe's cells, same seeds |",
         "|---|---|---|---|---|---|---|",
     ]
+
+    def ratios_text(ratios: list[float]) -> str:
+        return f"{statistics.mean(ratios):.3f} ({' / '.join(f'{x:.2f}' for x in ratios)})"
+
     for (task, algorithm, label), rows in groups.items():
         rows = sorted(rows, key=lambda r: r["seed"])
         ratios = [r["ratio"] for r in rows]
-        if rows[0]["overrides"]:
-            same = [recorded.get(key(r)) for r in rows]
-        else:
-            same = [on_any_expert.get(key(r)[:-1]) for r in rows]
-        per_seed = " / ".join(f"{x:.2f}" for x in ratios)
-        cell_text = (
-            f"{statistics.mean(same):.3f} ({' / '.join(f'{x:.2f}' for x in same)})"
-            if None not in same
-            else "not recorded"
-        )
+        settings = _settings(rows[0]["overrides"])
+        same = [recorded.get(key(r)) for r in rows]
+        if not rows[0]["overrides"]:  # the recipe unchanged: where, and on which seeds?
+            _, _, fingerprint, _, expert = key(rows[0])
+            beside = cells_on_expert.get((task, algorithm, fingerprint, expert), {})
+            if not beside:
+                settings = RERUN_ELSEWHERE
+                same = [on_any_expert.get(key(r)[:-1]) for r in rows]
+            elif beside.keys().isdisjoint(r["seed"] for r in rows):
+                settings = HELD_OUT
+                same = None
+                seeds = sorted(beside)
+                cell_text = f"seeds {' '.join(map(str, seeds))}: " + ratios_text(
+                    [beside[seed] for seed in seeds]
+                )
+            else:
+                settings = REPEAT
+                same = [beside.get(r["seed"]) for r in rows]
+        if same is not None:
+            cell_text = ratios_text(same) if None not in same else "not recorded"
         lines.append(
-            f"| {task} | {algorithm} | {label} | {_settings(rows[0]['overrides'])} "
+            f"| {task} | {algorithm} | {label} | {settings} "
             f"| {' '.join(str(r['seed']) for r in rows)} "
-            f"| {statistics.mean(ratios):.3f} ({per_seed}) | {cell_text} |"
+            f"| {ratios_text(ratios)} | {cell_text} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -195,7 +224,9 @@ def main() -> None:
             "cells of the recipe each trial changed (current or since superseded), on the same "
             "seeds and the same expert. An expert made again on another kind of CPU differs; "
             "beside it the recipe is run again unchanged (settings changed: none), and that run "
-            "is the base of the trials made there. Generated by "
+            "is the base of the trials made there. Beside the cells' own expert, the recipe run "
+            "unchanged on seeds its cells do not use measures it on seeds that chose nothing. "
+            "Generated by "
             "`benchmarks/mujoco_trials.py --write` from `benchmarks/results/mujoco_trials.jsonl`."
             "\n\n"
         )

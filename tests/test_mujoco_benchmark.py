@@ -180,6 +180,30 @@ def test_trials_table_sets_each_trial_beside_its_base_recipes_cells_on_its_seeds
     assert lines[2].endswith("| 0 | 1.010 (1.01) | 0.990 (0.99) |")
     assert lines[3].endswith("| 0 | 1.030 (1.03) | 1.010 (1.01) |")
 
+    # Beside the cells' own expert (2,000): on seeds no cell used, the recipe run
+    # unchanged is a held-out measurement, set beside every cell on that expert; on a
+    # cell's seed it is a repeat of that cell; and it is the base of a trial on its seed.
+    here = {"stage": "trial", "task": "hopper", "algorithm": "gail", "overrides": {}}
+    held_out = [
+        dict(here, seed=seed, ratio=ratio, run_name=f"gail-hopper-heldout-seed{seed}")
+        for seed, ratio in ((6, 0.97), (5, 0.93))
+    ]
+    repeat = dict(here, seed=1, ratio=0.98, run_name="gail-hopper-again-seed1")
+    on_held_out = dict(
+        here, seed=5, ratio=0.95, run_name="gail-hopper-wider-seed5", overrides=override
+    )
+    for row in (*held_out, repeat, on_held_out):
+        row["recipe_digest"], row["return_mean"] = current, row["ratio"] * 2000.0
+    cells[2]["recipe_digest"] = current  # the current recipe's cells: seeds 0 and 1
+    cells[3]["recipe_digest"] = current
+    lines = trials.table([*held_out, repeat, on_held_out], cells).splitlines()
+    assert lines[2] == (
+        f"| hopper | gail | heldout | {trials.HELD_OUT} | 5 6 | 0.950 (0.93 / 0.97) "
+        "| seeds 0 1: 0.985 (0.99 / 0.98) |"
+    )
+    assert lines[3].endswith(f"| {trials.REPEAT} | 1 | 0.980 (0.98) | 0.980 (0.98) |")
+    assert lines[4].endswith("| 5 | 0.950 (0.95) | 0.930 (0.93) |")
+
 
 def test_sampled_evaluation_scores_each_cell_against_the_expert_it_learnt_from():
     spec = importlib.util.spec_from_file_location(
