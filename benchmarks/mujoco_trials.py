@@ -154,32 +154,31 @@ def table(trials: list[dict], cells: list[dict]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
 
-    def ratios_text(ratios: list[float]) -> str:
+    def ratios_text(ratios: list[float | None]) -> str:
+        if None in ratios:
+            return "not recorded"
         return f"{statistics.mean(ratios):.3f} ({' / '.join(f'{x:.2f}' for x in ratios)})"
 
     for (task, algorithm, label), rows in groups.items():
         rows = sorted(rows, key=lambda r: r["seed"])
         ratios = [r["ratio"] for r in rows]
         settings = _settings(rows[0]["overrides"])
-        same = [recorded.get(key(r)) for r in rows]
+        cell_text = ratios_text([recorded.get(key(r)) for r in rows])
         if not rows[0]["overrides"]:  # the recipe unchanged: where, and on which seeds?
             _, _, fingerprint, _, expert = key(rows[0])
             beside = cells_on_expert.get((task, algorithm, fingerprint, expert), {})
             if not beside:
                 settings = RERUN_ELSEWHERE
-                same = [on_any_expert.get(key(r)[:-1]) for r in rows]
+                cell_text = ratios_text([on_any_expert.get(key(r)[:-1]) for r in rows])
             elif beside.keys().isdisjoint(r["seed"] for r in rows):
                 settings = HELD_OUT
-                same = None
                 seeds = sorted(beside)
                 cell_text = f"seeds {' '.join(map(str, seeds))}: " + ratios_text(
                     [beside[seed] for seed in seeds]
                 )
             else:
                 settings = REPEAT
-                same = [beside.get(r["seed"]) for r in rows]
-        if same is not None:
-            cell_text = ratios_text(same) if None not in same else "not recorded"
+                cell_text = ratios_text([beside.get(r["seed"]) for r in rows])
         lines.append(
             f"| {task} | {algorithm} | {label} | {settings} "
             f"| {' '.join(str(r['seed']) for r in rows)} "
