@@ -163,8 +163,9 @@ def table(trials: list[dict], cells: list[dict]) -> str:
         rows = sorted(rows, key=lambda r: r["seed"])
         ratios = [r["ratio"] for r in rows]
         settings = _settings(rows[0]["overrides"])
-        cell_text = ratios_text([recorded.get(key(r)) for r in rows])
-        if not rows[0]["overrides"]:  # the recipe unchanged: where, and on which seeds?
+        if rows[0]["overrides"]:
+            cell_text = ratios_text([recorded.get(key(r)) for r in rows])
+        else:  # the recipe unchanged: where, and on which seeds?
             _, _, fingerprint, _, expert = key(rows[0])
             beside = cells_on_expert.get((task, algorithm, fingerprint, expert), {})
             if not beside:
